@@ -1,0 +1,250 @@
+"""``SparseConnectomeLinear``: a drop-in ``nn.Linear`` whose weight lives on a connectome mask."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import functional as F
+from ._torch_path import NOISE_MODES
+from .format import BlockSparseMatrix, _as_mask_tensor
+
+__all__ = ["SparseConnectomeLinear"]
+
+_INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
+
+
+def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -> BlockSparseMatrix:
+    if mask is None:
+        R, C = math.ceil(out_features / block_size), math.ceil(in_features / block_size)
+        return BlockSparseMatrix.from_block_mask(
+            torch.ones(R, C, dtype=torch.bool), block_size, (out_features, in_features)
+        )
+    if isinstance(mask, BlockSparseMatrix):
+        topo = mask
+        if topo.block_size != block_size:
+            raise ValueError(f"mask has block_size {topo.block_size} but block_size={block_size} was given")
+    elif hasattr(mask, "tocoo"):
+        topo = BlockSparseMatrix.from_scipy(mask, block_size)
+    else:
+        topo = BlockSparseMatrix.from_dense(_as_mask_tensor(mask), block_size)
+    if topo.shape != (out_features, in_features):
+        raise ValueError(
+            f"mask must have shape (out_features, in_features) = {(out_features, in_features)}, got {topo.shape}"
+        )
+    return topo
+
+
+class SparseConnectomeLinear(nn.Module):
+    """Linear layer ``y = x @ (W * M * sign)^T + bias`` with ``W`` stored block-sparse.
+
+    Args:
+        in_features, out_features: as in ``nn.Linear``.
+        mask: synapse mask ``[out_features, in_features]``: a bool/float tensor, a scipy sparse
+            matrix, or a :class:`BlockSparseMatrix`; ``None`` means fully connected.
+        bias: learn an additive bias.
+        block_size: ``b`` of the ``b x b`` blocks (a power of two >= 16 to run on a GPU).
+        sign: ``[in_features]`` per-presynaptic sign/gain (Dale's law: ``+1`` excitatory,
+            ``-g`` inhibitory). With a sign the weights are initialised non-negative and
+            :meth:`constrain_` keeps them so.
+        noise_sigma, noise_mode: training-only synaptic noise (``"multiplicative"`` or
+            ``"additive"``), regenerated from a per-step seed, never stored.
+
+    Parameters and buffers: ``values[nnzb, b, b]`` (the ``nn.Parameter``), int32 index buffers
+    ``crow, col, row, ccol_t, row_t, perm_t``, ``synapse_mask`` (or ``None``), ``sign`` (or
+    ``None``) and ``post_rate[out_features]`` (EMA of the mean output, for homeostasis).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        mask: Any = None,
+        bias: bool = True,
+        block_size: int = 32,
+        sign: torch.Tensor | None = None,
+        noise_sigma: float = 0.0,
+        noise_mode: str = "multiplicative",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        for name, v in (("in_features", in_features), ("out_features", out_features), ("block_size", block_size)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, got {v!r}")
+        if noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
+        if not math.isfinite(noise_sigma) or noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
+        if device is not None and torch.device(device).type == "cuda":
+            F.check_gpu_block_size(block_size)
+        factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.block_size = block_size
+        self.noise_sigma = float(noise_sigma)
+        self.noise_mode = noise_mode
+        self.record_activity = False
+        topo = _topology(mask, out_features, in_features, block_size)
+        for name, t in topo.index_tensors().items():
+            self.register_buffer(name, t.to(device))
+        self.register_buffer("synapse_mask", None if topo.synapse_mask is None else topo.synapse_mask.to(device))
+        if sign is not None:
+            F._check_vector(sign, in_features, "sign", "presynaptic input")
+            sign = sign.to(**factory)
+        self.register_buffer("sign", sign)
+        self.register_buffer("post_rate", torch.zeros(out_features, **factory))
+        self.values = nn.Parameter(torch.empty(topo.nnzb, block_size, block_size, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.noise_step = 0
+        self.last_pre: torch.Tensor | None = None
+        self.last_post: torch.Tensor | None = None
+        self.reset_parameters()
+
+    @property
+    def matrix(self) -> BlockSparseMatrix:
+        """The topology as a :class:`BlockSparseMatrix` sharing this module's tensors."""
+        parts = {name: getattr(self, name) for name in _INDEX_NAMES}
+        parts.update(
+            values=self.values,
+            synapse_mask=self.synapse_mask,
+            block_size=self.block_size,
+            shape=(self.out_features, self.in_features),
+            n_block_rows=self.crow.numel() - 1,
+            n_block_cols=self.ccol_t.numel() - 1,
+        )
+        return BlockSparseMatrix._from_parts(parts)
+
+    @property
+    def nnzb(self) -> int:
+        return self.values.shape[0]
+
+    def fan_in(self) -> torch.Tensor:
+        """Synapses per output neuron ``[out_features]`` (the fan-in actually present)."""
+        syn = self.matrix.element_mask().sum(-1).to(torch.float64)  # [nnzb, b]
+        b, R = self.block_size, self.crow.numel() - 1
+        per_row = torch.zeros(R, b, dtype=torch.float64, device=syn.device).index_add_(0, self.row.long(), syn)
+        return per_row.flatten()[: self.out_features]
+
+    def reset_parameters(self) -> None:
+        """``U(-1/sqrt(fan_in_i), 1/sqrt(fan_in_i))`` per row, as ``nn.Linear`` but with the
+        row's real fan-in; absolute values when a sign vector enforces Dale's law."""
+        with torch.no_grad():
+            fan_in = self.fan_in().clamp_min(1.0)
+            bound = fan_in.rsqrt().to(self.values.dtype)
+            b, R = self.block_size, self.crow.numel() - 1
+            padded = torch.zeros(R * b, dtype=bound.dtype, device=bound.device)
+            padded[: self.out_features] = bound
+            row_bound = padded.view(R, b)[self.row.long()].unsqueeze(-1)  # [nnzb, b, 1]
+            self.values.uniform_(-1.0, 1.0).mul_(row_bound)
+            if self.sign is not None:
+                self.values.abs_()
+            self.values.mul_(self.matrix.element_mask())
+            if self.bias is not None:
+                self.bias.uniform_(-1.0, 1.0).mul_(bound)
+            self.post_rate.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = self.noise_sigma if self.training else 0.0
+        seed = self.noise_seed + self.noise_step
+        if sigma > 0:
+            self.noise_step += 1
+        y = F.bsr_linear(
+            x,
+            self.matrix,
+            bias=self.bias,
+            sign=self.sign,
+            noise_sigma=sigma,
+            noise_seed=seed,
+            noise_mode=self.noise_mode,
+            values=self.values,
+        )
+        if self.record_activity and self.training:
+            self.last_pre, self.last_post = x.detach(), y.detach()
+        return y
+
+    @torch.no_grad()
+    def plasticity_step(
+        self,
+        eta: float,
+        oja: float = 1.0,
+        target_rate: float = 0.1,
+        homeo_rate: float = 0.0,
+        rate_momentum: float = 0.9,
+    ) -> None:
+        """Apply one Hebbian + homeostatic update in place from the last recorded activities.
+
+        Needs ``record_activity = True`` and a training-mode forward since the last call. The
+        rate EMA ``post_rate`` is updated from the mean of ``|post|`` over the batch first.
+        """
+        if self.last_pre is None or self.last_post is None:
+            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
+        post2d = self.last_post.reshape(-1, self.out_features)
+        self.post_rate.mul_(rate_momentum).add_(post2d.abs().mean(0).to(self.post_rate.dtype), alpha=1 - rate_momentum)
+        F.plasticity_update(
+            self.matrix,
+            self.last_pre,
+            self.last_post,
+            eta=eta,
+            oja=oja,
+            post_rate=self.post_rate,
+            target_rate=target_rate,
+            homeo_rate=homeo_rate,
+            values=self.values,
+            inplace=True,
+        )
+        self.last_pre = self.last_post = None
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Project back onto the constraints after an optimiser step: non-negative weights
+        when a sign vector is set (Dale's law) and zeros off the synapse mask."""
+        if self.sign is not None:
+            self.values.clamp_(min=0.0)
+        if self.synapse_mask is not None:
+            self.values.mul_(self.synapse_mask)
+
+    def dense_weight(self) -> torch.Tensor:
+        """Effective dense weight ``W * M * sign`` ``[out_features, in_features]`` (no noise)."""
+        w = self.matrix.to_dense(self.values)
+        return w if self.sign is None else w * self.sign
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, mask: Any = None, block_size: int = 32, **kwargs: Any
+    ) -> SparseConnectomeLinear:
+        """Convert an ``nn.Linear``: its weights on the mask are kept, the rest dropped."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        w = linear.weight
+        layer = cls(
+            linear.in_features,
+            linear.out_features,
+            mask=mask,
+            bias=linear.bias is not None,
+            block_size=block_size,
+            device=w.device,
+            dtype=w.dtype,
+            **kwargs,
+        )
+        with torch.no_grad():
+            layer.values.copy_(layer.matrix.gather_blocks(w))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias)
+        return layer
+
+    def extra_repr(self) -> str:
+        fill = self.nnzb / max((self.crow.numel() - 1) * (self.ccol_t.numel() - 1), 1)
+        s = (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"block_size={self.block_size}, nnzb={self.nnzb}, block_density={fill:.3f}"
+        )
+        if self.sign is not None:
+            s += ", signed=True"
+        if self.noise_sigma > 0:
+            s += f", noise_sigma={self.noise_sigma}, noise_mode={self.noise_mode}"
+        return s

@@ -1,0 +1,100 @@
+"""Hebbian (Oja) + homeostatic plasticity against a dense float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import bionic_sparse as bs
+from bionic_sparse import BlockSparseMatrix
+
+from .conftest import make_mask, rel_err
+
+
+def dense_plasticity(w, mask, pre, post, eta, oja, rate, target, homeo):
+    """Reference on dense float64 matrices [n_out, n_in]."""
+    batch = pre.shape[0]
+    hebb = post.T @ pre / batch
+    new = w + eta * (hebb - oja * (post**2).mean(0)[:, None] * w)
+    if homeo and rate is not None:
+        new = new * (1 + homeo * (target - rate) / (target + rate.abs()))[:, None]
+    new = torch.where(new * w < 0, torch.zeros_like(new), new)
+    return new * mask
+
+
+@pytest.mark.parametrize("n_out,n_in,b", [(64, 64, 16), (70, 45, 16), (33, 50, 8)], ids=str)
+@pytest.mark.parametrize("homeo", [0.0, 0.3], ids=["hebb", "hebb+homeo"])
+@pytest.mark.parametrize("inplace", [False, True], ids=["functional", "inplace"])
+def test_plasticity_matches_dense(cpu_method, n_out, n_in, b, homeo, inplace):
+    torch.manual_seed(0)
+    mask = make_mask(n_out, n_in, b, 0.5, 0.6, seed=3, empty_rows=slice(0, 2))
+    w = torch.rand(n_out, n_in, dtype=torch.float64) * mask  # Dale: non-negative magnitudes
+    m = BlockSparseMatrix.from_dense(mask, b, weight=w)
+    pre = torch.randn(9, n_in, dtype=torch.float64)
+    post = torch.randn(9, n_out, dtype=torch.float64)
+    rate = torch.rand(n_out, dtype=torch.float64)
+    values = m.values.clone()
+    out = bs.plasticity_update(
+        m,
+        pre,
+        post,
+        eta=0.5,
+        oja=1.0,
+        post_rate=rate,
+        target_rate=0.2,
+        homeo_rate=homeo,
+        values=values,
+        inplace=inplace,
+    )
+    assert (out is values) == inplace
+    ref = dense_plasticity(w, mask, pre, post, 0.5, 1.0, rate, 0.2, homeo)
+    assert rel_err(m.to_dense(out), ref) < 1e-10
+    assert not (out * ~m.element_mask()).any(), "plasticity created synapses off the mask"
+    assert (out >= 0).all(), "non-negative (Dale) weights must stay non-negative"
+    assert ((out != 0) & (values == 0) & ~m.element_mask()).sum() == 0
+
+
+def test_signs_are_kept_for_mixed_weights():
+    mask = torch.ones(16, 16, dtype=torch.bool)
+    w = torch.randn(16, 16, dtype=torch.float64)
+    m = BlockSparseMatrix.from_dense(mask, 16, weight=w)
+    pre, post = torch.randn(4, 16, dtype=torch.float64), torch.randn(4, 16, dtype=torch.float64)
+    out = bs.plasticity_update(m, pre, post, eta=50.0)  # huge step: many would flip
+    assert ((out * m.values) >= 0).all()
+    assert (out == 0).any()
+
+
+def test_oja_bounds_weight_norm():
+    torch.manual_seed(1)
+    m = BlockSparseMatrix.from_dense(torch.ones(16, 32, dtype=torch.bool), 16, weight=torch.rand(16, 32))
+    v = m.values
+    for _ in range(300):
+        pre = torch.rand(64, 32)
+        post = pre @ m.to_dense(v).T
+        v = bs.plasticity_update(m, pre, post, eta=0.01, values=v)
+    norms = m.to_dense(v).norm(dim=1)
+    assert torch.isfinite(norms).all() and norms.max() < 2.0  # Oja: row norms converge near 1
+
+
+def test_homeostasis_moves_rows_toward_target():
+    m = BlockSparseMatrix.from_dense(torch.ones(32, 32, dtype=torch.bool), 16, weight=torch.ones(32, 32))
+    rate = torch.cat([torch.full((16,), 0.05), torch.full((16,), 0.5)])
+    out = bs.plasticity_update(
+        m, torch.zeros(2, 32), torch.zeros(2, 32), eta=0.0, post_rate=rate, target_rate=0.1, homeo_rate=0.2
+    )
+    dense = m.to_dense(out)
+    assert (dense[:16] > 1).all() and (dense[16:] < 1).all()
+    assert dense.max() < 1.2 and dense.min() > 0.8  # bounded by 1 +/- homeo_rate
+
+
+def test_plasticity_errors():
+    m = BlockSparseMatrix.from_dense(torch.ones(16, 16, dtype=torch.bool), 16)
+    x = torch.randn(2, 16)
+    with pytest.raises(ValueError, match="pre.shape"):
+        bs.plasticity_update(m, x[:, :3], x, eta=0.1)
+    with pytest.raises(ValueError, match="leading dims"):
+        bs.plasticity_update(m, x, x[:1], eta=0.1)
+    with pytest.raises(ValueError, match="homeo_rate"):
+        bs.plasticity_update(m, x, x, eta=0.1, homeo_rate=1.5)
+    with pytest.raises(ValueError, match="eta must be finite"):
+        bs.plasticity_update(m, x, x, eta=float("nan"))

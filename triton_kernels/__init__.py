@@ -1,0 +1,1 @@
+"""Triton kernels for bionic-sparse (kernels and launch helpers only)."""

@@ -1,0 +1,194 @@
+"""Ahead-of-time compilation of every kernel for real GPU targets, without a GPU.
+
+``compile_variant`` builds one kernel specialisation with ``triton.compile(ASTSource(...),
+target=GPUTarget("cuda", cc, 32))`` and reads the registers and spills from the ``ptxas`` that
+ships with Triton and the shared memory from the compiled metadata. Used by
+``tests/test_aot_compile.py`` and ``scripts/aot_compile.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from .bsr_linear import _bsr_linear_bwd_dx_kernel, _bsr_linear_fwd_kernel, _bsr_materialize_kernel
+from .bsr_sdd import _bsr_hebbian_finish_kernel, _bsr_sdd_kernel
+
+# Shared memory per block available to a kernel (opt-in maximum), bytes.
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+_PTR = {"fp32": "*fp32", "fp16": "*fp16", "bf16": "*bf16"}
+_INT_ARGS = {
+    "M",
+    "N",
+    "K",
+    "seed",
+    "chunk",
+    "M_BUCKET",
+    "stride_xm",
+    "stride_xk",
+    "stride_ym",
+    "stride_yn",
+    "stride_dym",
+    "stride_dyn",
+    "stride_dxm",
+    "stride_dxk",
+    "stride_pm",
+    "stride_pn",
+}
+_FLOAT_ARGS = {"sigma", "eta", "oja", "inv_batch"}
+_INDEX_ARGS = {"crow", "col", "row", "row_order", "ccol_t", "row_t", "perm_t", "col_order"}
+_F32_ARGS = {"act_sum", "act_sq", "m2", "scale", "sign", "bias"}
+_ACT_ARGS = {"x", "y", "dy", "dx", "post", "out"}
+
+KERNELS = {
+    "fwd": _bsr_linear_fwd_kernel,
+    "dx": _bsr_linear_bwd_dx_kernel,
+    "sdd": _bsr_sdd_kernel,
+    "materialize": _bsr_materialize_kernel,
+    "hebbian_finish": _bsr_hebbian_finish_kernel,
+}
+
+
+@dataclass
+class CompileReport:
+    kernel: str
+    cc: int
+    dtype: str
+    block_size: int
+    config: str
+    registers: int
+    spill_bytes: int
+    shared_bytes: int
+    uses_wgmma: bool
+    uses_mma: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.spill_bytes == 0 and self.shared_bytes <= SMEM_LIMIT[self.cc]
+
+
+def _signature(name: str, jit, dtype: str, block_size: int, bm: int, features: bool, split: int = 1):
+    """Types for each argument and the constexpr values (optional inputs present iff ``features``)."""
+    sig, consts = {}, {}
+    flags = {
+        "HAS_MASK": features,
+        "HAS_SIGN": features,
+        "HAS_BIAS": features,
+        "HAS_NOISE": features,
+        "HAS_ACT": features,
+        "HAS_GRAD": True,
+        "HAS_HEBB": features,
+        "HAS_SCALE": features,
+    }
+    optional = {
+        "synapse_mask": "HAS_MASK",
+        "sign": "HAS_SIGN",
+        "bias": "HAS_BIAS",
+        "act_sum": "HAS_ACT",
+        "act_sq": "HAS_ACT",
+        "post": "HAS_HEBB",
+        "new_values": "HAS_HEBB",
+        "m2": "HAS_HEBB",
+        "scale": "HAS_SCALE",
+    }
+    if name == "sdd" and split == 1:
+        optional["hsum"] = "HAS_SPLIT"
+        flags["HAS_SPLIT"] = False
+    for arg in jit.arg_names:
+        if arg in flags and arg != "HAS_SPLIT":
+            sig[arg], consts[arg] = "constexpr", flags[arg]
+        elif arg in optional and not flags[optional[arg]]:
+            sig[arg], consts[arg] = "constexpr", None
+        elif arg == "BS":
+            sig[arg], consts[arg] = "constexpr", block_size
+        elif arg == "BM":
+            sig[arg], consts[arg] = "constexpr", bm
+        elif arg == "MULTIPLICATIVE":
+            sig[arg], consts[arg] = "constexpr", True
+        elif arg == "ACTIVATION":
+            sig[arg], consts[arg] = "constexpr", "none"
+        elif arg == "PRECISION":
+            sig[arg], consts[arg] = "constexpr", "tf32" if dtype == "fp32" else "ieee"
+        elif arg == "SPLIT":
+            sig[arg], consts[arg] = "constexpr", split
+        elif arg in _INT_ARGS:
+            sig[arg] = "i32"
+        elif arg in _FLOAT_ARGS:
+            sig[arg] = "fp32"
+        elif arg in _INDEX_ARGS:
+            sig[arg] = "*i32"
+        elif arg == "synapse_mask":
+            sig[arg] = "*u8"
+        elif arg in _F32_ARGS or arg in ("values", "dw", "new_values", "hsum"):
+            sig[arg] = "*fp32"  # fp32 masters
+        elif arg in _ACT_ARGS:
+            sig[arg] = _PTR[dtype]
+        else:
+            raise KeyError(f"no AOT type for argument {arg!r} of {name}")
+    if name == "materialize":
+        sig["out"] = _PTR[dtype]
+    return sig, consts
+
+
+def _ptxas_resources(ptx: str, cc: int) -> tuple[int, int]:
+    """(registers, spill-store bytes) as ``ptxas -v`` (shipped with Triton) reports them.
+
+    ``cuobjdump -res-usage`` only shows the stack frame, which libdevice's slow paths
+    (``cos`` of large arguments in Box-Muller) use without any register spilling.
+    """
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    arch = f"sm_{cc}a" if cc >= 90 else f"sm_{cc}"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.ptx")
+        with open(path, "w") as f:
+            f.write(ptx)
+        res = subprocess.run(
+            [tool, "-v", "--gpu-name", arch, path, "-o", os.path.join(tmp, "k.cubin")],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    info = res.stderr + res.stdout
+    regs = int(re.search(r"Used (\d+) registers", info).group(1))
+    spill = int(re.search(r"(\d+) bytes spill stores", info).group(1))
+    return regs, spill
+
+
+def compile_variant(
+    name: str,
+    cc: int,
+    dtype: str,
+    block_size: int,
+    bm: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 3,
+    features: bool = True,
+    split: int = 1,
+) -> CompileReport:
+    jit = KERNELS[name].fn
+    sig, consts = _signature(name, jit, dtype, block_size, bm, features, split)
+    src = ASTSource(fn=jit, signature=sig, constexprs=consts)
+    options = {"num_warps": num_warps, "num_stages": num_stages}
+    compiled = triton.compile(src, target=GPUTarget("cuda", cc, 32), options=options)
+    ptx = compiled.asm["ptx"]
+    regs, spill = _ptxas_resources(ptx, cc)
+    return CompileReport(
+        kernel=name,
+        cc=cc,
+        dtype=dtype,
+        block_size=block_size,
+        config=f"BM={bm},warps={num_warps},stages={num_stages},features={features},split={split}",
+        registers=regs,
+        spill_bytes=spill,
+        shared_bytes=int(compiled.metadata.shared),
+        uses_wgmma="wgmma" in ptx,
+        uses_mma="mma.sync" in ptx or "wgmma" in ptx,
+    )

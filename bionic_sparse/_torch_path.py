@@ -188,9 +188,12 @@ def linear_dw(
     R = -(-dy.shape[-1] // b)
     C = -(-x.shape[-1] // b)
     if method == "blockT":
+        nnzb, batch = row.numel(), dy2d.shape[0]
         dy_fm = _feature_major(dy2d, R, b, "dy_fm")
         x_fm = _feature_major(x2d, C, b, "x_fm")
-        return torch.bmm(dy_fm.index_select(0, row), x_fm.index_select(0, col).transpose(1, 2))
+        dy_g = torch.index_select(dy_fm, 0, row, out=_workspace("gather", (nnzb, b, batch), dy_fm.dtype, dy_fm.device))
+        x_g = torch.index_select(x_fm, 0, col, out=_workspace("prod", (nnzb, b, batch), x_fm.dtype, x_fm.device))
+        return torch.bmm(dy_g, x_g.transpose(1, 2))
     full = _pad_cols(dy2d, R * b).t() @ _pad_cols(x2d, C * b)
     return _blocks_from_dense(full, row, col, b)
 

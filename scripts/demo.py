@@ -62,11 +62,13 @@ class DenseMasked(nn.Module):
         return nn.functional.linear(x, self.lin.weight * self.mask, self.lin.bias)
 
 
-def train(model: nn.Module, teacher: nn.Module, steps: int, batch: int, n_in: int, device, gen, desc: str):
+def train(model: nn.Module, teacher: nn.Module, steps: int, batch: int, n_in: int, device, seed: int, desc: str):
+    gen = torch.Generator().manual_seed(seed)  # same data stream for every variant
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     losses, t0 = [], time.perf_counter()
     sparse = model.hidden if isinstance(model.hidden, bs.SparseConnectomeLinear) else None
-    if sparse is not None:
+    plastic = sparse is not None and sparse.noise_sigma > 0
+    if plastic:
         sparse.record_activity = True
     for _ in tqdm(range(steps), desc=desc, leave=False):
         x = torch.randn(batch, n_in, generator=gen).to(device)
@@ -78,6 +80,7 @@ def train(model: nn.Module, teacher: nn.Module, steps: int, batch: int, n_in: in
         opt.step()
         if sparse is not None:
             sparse.constrain_()  # Dale's law: keep magnitudes non-negative
+        if plastic:
             sparse.plasticity_step(eta=1e-4, homeo_rate=0.01, target_rate=0.5)
         losses.append(loss.item())
     return losses, time.perf_counter() - t0
@@ -103,20 +106,27 @@ def main(argv=None) -> int:
     sign = torch.ones(hidden)
     sign[-n_inhib:] = -(0.5 + torch.rand(n_inhib, generator=gen))  # graded inhibition, g_I * m_j
     layer = bs.SparseConnectomeLinear(hidden, hidden, mask=mask, block_size=b, sign=sign, noise_sigma=0.05)
+    plain = bs.SparseConnectomeLinear(hidden, hidden, mask=mask, block_size=b, sign=sign)
     stats = layer.matrix.block_fill()
     print(f"connectome layer: {layer}")
     print(f"  block sparsity {stats.block_sparsity:.1%}, {stats.n_synapses:,} synapses, fill {stats.mean_fill:.2f}")
 
     teacher = nn.Sequential(nn.Linear(n_in, 256), nn.Tanh(), nn.Linear(256, n_out)).to(args.device)
-    sparse_net = DemoNet(n_in, hidden, n_out, layer).to(args.device)
-    dense_net = DemoNet(n_in, hidden, n_out, DenseMasked(mask)).to(args.device)
-    sparse_losses, sparse_s = train(sparse_net, teacher, args.steps, args.batch, n_in, args.device, gen, "sparse")
-    dense_losses, dense_s = train(dense_net, teacher, args.steps, args.batch, n_in, args.device, gen, "dense-masked")
+    nets = {
+        "sparse+biology": DemoNet(n_in, hidden, n_out, layer),
+        "sparse": DemoNet(n_in, hidden, n_out, plain),
+        "dense_masked": DemoNet(n_in, hidden, n_out, DenseMasked(mask)),
+    }
+    losses, seconds = {}, {}
+    for name, net in nets.items():
+        losses[name], seconds[name] = train(
+            net.to(args.device), teacher, args.steps, args.batch, n_in, args.device, args.seed + 1, name
+        )
 
     with open(os.path.join(args.out, "metrics.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "loss_sparse", "loss_dense_masked"])
-        w.writerows(zip(range(args.steps), sparse_losses, dense_losses, strict=True))
+        w.writerow(["step", *(f"loss_{k}" for k in nets)])
+        w.writerows(zip(range(args.steps), *losses.values(), strict=True))
     summary = dict(
         seed=args.seed,
         device=args.device,
@@ -126,11 +136,9 @@ def main(argv=None) -> int:
         block_size=b,
         block_sparsity=stats.block_sparsity,
         synapses=stats.n_synapses,
-        final_loss_sparse=sum(sparse_losses[-20:]) / 20,
-        final_loss_dense_masked=sum(dense_losses[-20:]) / 20,
-        seconds_sparse=sparse_s,
-        seconds_dense_masked=dense_s,
-        speedup=dense_s / sparse_s,
+        final_loss={k: sum(v[-20:]) / 20 for k, v in losses.items()},
+        seconds=seconds,
+        speedup_sparse_vs_dense_masked=seconds["dense_masked"] / seconds["sparse"],
         torch=torch.__version__,
         bionic_sparse=bs.__version__,
         python=platform.python_version(),
@@ -143,10 +151,16 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(sparse_losses, label=f"SparseConnectomeLinear ({sparse_s:.1f} s)")
-        ax.plot(dense_losses, label=f"dense masked nn.Linear ({dense_s:.1f} s)", alpha=0.7)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        labels = {
+            "sparse+biology": "SparseConnectomeLinear + noise, Hebbian, homeostasis",
+            "sparse": "SparseConnectomeLinear",
+            "dense_masked": "dense masked nn.Linear",
+        }
+        for k, v in losses.items():
+            ax.plot(v, label=f"{labels[k]} ({seconds[k]:.1f} s)", alpha=0.8)
         ax.set_xlabel("step")
+        ax.set_yscale("log")
         ax.set_ylabel("cross-entropy")
         ax.set_title(f"{hidden}x{hidden} hidden layer, {stats.block_sparsity:.0%} block-sparse, b={b}")
         ax.legend()
@@ -154,11 +168,9 @@ def main(argv=None) -> int:
         fig.savefig(os.path.join(args.out, "loss.png"), dpi=120)
     except ImportError:
         pass
-    print(
-        f"final loss: sparse {summary['final_loss_sparse']:.3f}, "
-        f"dense masked {summary['final_loss_dense_masked']:.3f}; "
-        f"time: sparse {sparse_s:.1f} s, dense masked {dense_s:.1f} s ({summary['speedup']:.1f}x) on {args.device}"
-    )
+    for k in nets:
+        print(f"{k:>15}: final loss {summary['final_loss'][k]:.3f}, {seconds[k]:.1f} s for {args.steps} steps")
+    print(f"sparse vs dense masked: {summary['speedup_sparse_vs_dense_masked']:.1f}x faster on {args.device}")
     print(f"wrote {args.out}/metrics.csv, summary.json, loss.png")
     return 0
 

@@ -202,3 +202,14 @@ def test_batch_split_two_stage_matches_single_pass():
     sq = (post**2).sum(0)
     fused = bsr_sdd(None, x, m.values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, post_sq_sum=sq)
     assert rel_err(fused[1], one[1]) < 2e-6
+
+
+@pytest.mark.parametrize("split", [1, 2])
+def test_inplace_plasticity(split):
+    m = build(40, 45, 16, 0.6, 0.5)
+    x, dy, post = torch.randn(12, 45), torch.randn(12, 40), torch.randn(12, 40)
+    ref_dw, ref_new = bsr_sdd(dy, x, m.values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, split=split)
+    values = m.values.clone()
+    dw, new = bsr_sdd(dy, x, values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, split=split, inplace=True)
+    assert new is values
+    assert rel_err(values, ref_new) < 1e-6 and rel_err(dw, ref_dw) < 1e-6

@@ -149,9 +149,14 @@ def noisy_weight(b_w, i_blk, o_r, o_c, seed, sigma, BS: tl.constexpr, MULTIPLICA
 _tuned: dict[tuple, object] = {}
 
 
-def launch(kernel, name: str, grid, block_size: int, dtype: torch.dtype, key: list[str], reset=None, **kwargs) -> None:
+def launch(
+    kernel, name: str, grid, block_size: int, dtype: torch.dtype, key: list[str], reset=None, restore=None, **kwargs
+) -> None:
     """Launch ``kernel`` on ``grid(meta)``: a tiny fixed config under the interpreter, the
-    default config when autotuning is off, else the autotuned kernel for (name, b, dtype)."""
+    default config when autotuning is off, else the autotuned kernel for (name, b, dtype).
+
+    ``reset`` names outputs that are accumulated atomically (zeroed before each tuning run),
+    ``restore`` outputs written in place (restored after each tuning run)."""
     if INTERPRET:
         cfg = interpreter_config()
         kernel[grid(cfg)](**kwargs, BM=cfg["BM"], num_warps=cfg["num_warps"])
@@ -161,8 +166,10 @@ def launch(kernel, name: str, grid, block_size: int, dtype: torch.dtype, key: li
         c = configs[0]
         kernel[grid(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
         return
-    cache_key = (name, block_size, dtype, tuple(reset or ()))
+    cache_key = (name, block_size, dtype, tuple(reset or ()), tuple(restore or ()))
     tuned = _tuned.get(cache_key)
     if tuned is None:
-        tuned = _tuned[cache_key] = triton.autotune(configs=configs, key=key, reset_to_zero=reset)(kernel)
+        tuned = _tuned[cache_key] = triton.autotune(
+            configs=configs, key=key, reset_to_zero=reset, restore_value=restore
+        )(kernel)
     tuned[grid](**kwargs)

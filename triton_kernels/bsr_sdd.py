@@ -245,6 +245,7 @@ def bsr_sdd(
     homeo_rate: float = 0.0,
     post_sq_sum: torch.Tensor | None = None,
     split: int | None = None,
+    inplace: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Fused weight gradient and plasticity update: returns ``(dW or None, new values or None)``.
 
@@ -256,6 +257,8 @@ def bsr_sdd(
         post_sq_sum: ``[N]`` fp32 ``sum_batch post^2`` if the forward already computed it
             (``act_stats`` of ``bsr_linear_fwd``); otherwise it is computed here.
         split: batch split (default: chosen from the number of blocks and SMs).
+        inplace: write the plasticity update into ``values`` (returned as the second output). Each
+            program reads only its own block before writing it, so this is race-free.
     """
     b = check_values(values)
     nnzb = values.shape[0]
@@ -278,7 +281,7 @@ def bsr_sdd(
     if dy is not None:
         dw = torch.zeros(values.shape, **f32) if split > 1 else empty(tuple(values.shape), values.dtype, values.device)
     if post is not None:
-        new_values = empty(tuple(values.shape), values.dtype, values.device)
+        new_values = values if inplace else empty(tuple(values.shape), values.dtype, values.device)
         if split > 1:
             hsum = torch.zeros(values.shape, **f32)
         if post_sq_sum is not None:
@@ -336,6 +339,7 @@ def bsr_sdd(
         x.dtype,
         key=["M_BUCKET", "BS", "SPLIT"],
         reset=reset or None,
+        restore=["new_values"] if inplace and post is not None and split == 1 else None,
         **kwargs,
     )
     if hsum is not None:

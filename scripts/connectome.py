@@ -1,0 +1,154 @@
+"""Connectome CLI: fetch the MICrONs column, print its summary, plot it.
+
+python scripts/connectome.py fetch --cache data/microns_v1300 [--version 1300] [--proofread-axons]
+python scripts/connectome.py summary [--connectome synthetic|DIR] [--seed 0] [--block-size 32]
+python scripts/connectome.py plot [--connectome synthetic|DIR] [--out runs/connectome]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bionic_sparse import BlockSparseMatrix  # noqa: E402
+from bionic_sparse.connectome import (  # noqa: E402
+    DEFAULT_PATHWAY,
+    LAYERS,
+    MicronsError,
+    fetch_column,
+    laminar_masks,
+    load_connectome,
+)
+from bionic_sparse.connectome.microns import DEFAULT_DATASTACK, DEFAULT_VERSION  # noqa: E402
+
+
+def cmd_fetch(args) -> int:
+    try:
+        column = fetch_column(
+            args.cache,
+            datastack=args.datastack,
+            version=args.version,
+            proofread_axons_only=args.proofread_axons,
+            refresh=args.refresh,
+        )
+    except MicronsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(column.summary())
+    print(f"\ncached in {args.cache}")
+    return 0
+
+
+def cmd_summary(args) -> int:
+    column = load_connectome(args.connectome, seed=args.seed)
+    print(f"connectome: {args.connectome} ({column.meta.get('source')})")
+    print(column.summary())
+    print()
+    for u in (args.block_size, 1):
+        print(laminar_masks(column, units_per_neuron=u, block_size=args.block_size).report())
+    return 0
+
+
+def cmd_plot(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    column = load_connectome(args.connectome, seed=args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    order = np.lexsort((~column.excitatory, [LAYERS.index(lay) for lay in column.layer]))
+    adj = column.adjacency("binary")[order][:, order].tocoo()
+    exc = column.excitatory[order]
+    fig, ax = plt.subplots(figsize=(7, 7))
+    colour = np.where(exc[adj.col], 0, 1)  # by presynaptic class
+    ax.scatter(adj.col, adj.row, s=0.3, c=colour, cmap=ListedColormap(["tab:red", "tab:blue"]), marker="s", lw=0)
+    layer_sorted = column.layer[order]
+    for lay in LAYERS:
+        idx = np.flatnonzero(layer_sorted == lay)
+        if idx.size:
+            for f in (ax.axvline, ax.axhline):
+                f(idx[0] - 0.5, color="k", lw=0.5)
+            ax.text(idx.mean(), -8, lay, ha="center", va="bottom", fontsize=8)
+    ax.set_xlim(-0.5, column.n_neurons - 0.5)
+    ax.set_ylim(column.n_neurons - 0.5, -0.5)
+    ax.set_xlabel("presynaptic neuron (by layer, E then I)")
+    ax.set_ylabel("postsynaptic neuron")
+    ax.set_title(
+        f"{column.meta.get('source')} column: red = excitatory, blue = inhibitory presynaptic", fontsize=9, pad=16
+    )
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "adjacency.png"), dpi=150)
+    plt.close(fig)
+
+    summary = column.summary()
+    layers = list(summary.neurons)
+    prob = np.array([[summary.layer_connection_probability[(a, b)] for b in layers] for a in layers])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    im = ax.imshow(prob, cmap="viridis")
+    ax.set_xticks(range(len(layers)), layers)
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_xlabel("postsynaptic layer")
+    ax.set_ylabel("presynaptic layer")
+    for i in range(len(layers)):
+        for j in range(len(layers)):
+            ax.text(
+                j,
+                i,
+                f"{prob[i, j]:.3f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="w" if prob[i, j] < prob.max() / 2 else "k",
+            )
+    fig.colorbar(im, ax=ax, label="connection probability")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "connection_probability.png"), dpi=150)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(DEFAULT_PATHWAY) - 1, figsize=(10, 3), sharey=True)
+    stack = laminar_masks(column, units_per_neuron=1, block_size=args.block_size)
+    for ax, lm in zip(np.atleast_1d(axes), stack.layers, strict=True):
+        fill = BlockSparseMatrix.from_dense(lm.mask, args.block_size).block_fill().fill.numpy()
+        ax.hist(fill, bins=30, range=(0, 1), color="tab:gray")
+        ax.set_title(f"{lm.pre} -> {lm.post}: {fill.size} blocks", fontsize=9)
+        ax.set_xlabel(f"block fill (b={args.block_size}, no expansion)")
+    np.atleast_1d(axes)[0].set_ylabel("blocks")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "block_fill.png"), dpi=150)
+    plt.close(fig)
+    print(f"wrote {args.out}/adjacency.png, connection_probability.png, block_fill.png")
+    return 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="connectome tools for bionic-sparse")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="query the MICrONs column from CAVE and cache it (needs caveclient + token)")
+    f.add_argument("--cache", required=True, help="directory to write the column to")
+    f.add_argument("--datastack", default=DEFAULT_DATASTACK)
+    f.add_argument("--version", type=int, default=DEFAULT_VERSION, help="materialization version (pinned)")
+    f.add_argument("--proofread-axons", action="store_true", help="keep only synapses of axon-proofread neurons")
+    f.add_argument("--refresh", action="store_true", help="query again even if the cache matches")
+    for name, helptext in (
+        ("summary", "print neuron counts, connection probabilities, mask statistics"),
+        ("plot", "save adjacency, connection-probability and block-fill figures"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--connectome", default="synthetic", help="'synthetic' (default) or a cached column directory")
+        p.add_argument("--seed", type=int, default=0, help="seed of the synthetic column")
+        p.add_argument("--block-size", type=int, default=32)
+        if name == "plot":
+            p.add_argument("--out", default="runs/connectome")
+    args = ap.parse_args(argv)
+    return {"fetch": cmd_fetch, "summary": cmd_summary, "plot": cmd_plot}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

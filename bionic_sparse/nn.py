@@ -12,7 +12,7 @@ from . import functional as F
 from ._torch_path import NOISE_MODES
 from .format import BlockSparseMatrix, _as_mask_tensor
 
-__all__ = ["SparseConnectomeLinear"]
+__all__ = ["SparseConnectomeLinear", "MaskedLinear"]
 
 _INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
 
@@ -198,6 +198,8 @@ class SparseConnectomeLinear(nn.Module):
             inplace=True,
         )
         self.last_pre = self.last_post = None
+        if self.sign is not None:  # a weight at zero may not grow negative under Dale's law
+            self.values.clamp_(min=0.0)
 
     @torch.no_grad()
     def constrain_(self) -> None:
@@ -248,3 +250,69 @@ class SparseConnectomeLinear(nn.Module):
         if self.noise_sigma > 0:
             s += f", noise_sigma={self.noise_sigma}, noise_mode={self.noise_mode}"
         return s
+
+
+class MaskedLinear(nn.Module):
+    """Dense-masked execution of a :class:`SparseConnectomeLinear`: the same function (mask, sign,
+    noise, plasticity) on a dense ``weight[out, in]`` with ``F.linear``. The reference that the
+    block-sparse engine is compared against; noise uses ``torch.randn`` (not the synapse-id
+    generator), so the two agree in distribution, not sample by sample.
+    """
+
+    def __init__(self, layer: SparseConnectomeLinear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.noise_sigma, self.noise_mode = layer.noise_sigma, layer.noise_mode
+        self.record_activity = False
+        self.weight = nn.Parameter(layer.matrix.to_dense(layer.values.detach()).clone())
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+        self.register_buffer("mask", layer.matrix.to_dense_mask().to(self.weight.dtype))
+        self.register_buffer("sign", None if layer.sign is None else layer.sign.detach().clone())
+        self.register_buffer("post_rate", layer.post_rate.detach().clone())
+        self.last_pre: torch.Tensor | None = None
+        self.last_post: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        if self.training and self.noise_sigma > 0:
+            xi = torch.randn_like(w) * self.noise_sigma
+            w = w * (1 + xi) if self.noise_mode == "multiplicative" else w + xi
+        w = w * self.mask
+        if self.sign is not None:
+            w = w * self.sign
+        y = nn.functional.linear(x, w, self.bias)
+        if self.record_activity and self.training:
+            self.last_pre, self.last_post = x.detach(), y.detach()
+        return y
+
+    @torch.no_grad()
+    def plasticity_step(
+        self,
+        eta: float,
+        oja: float = 1.0,
+        target_rate: float = 0.1,
+        homeo_rate: float = 0.0,
+        rate_momentum: float = 0.9,
+    ) -> None:
+        """Same rule as :meth:`SparseConnectomeLinear.plasticity_step`, in dense form."""
+        if self.last_pre is None or self.last_post is None:
+            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
+        pre = self.last_pre.reshape(-1, self.in_features).to(self.weight.dtype)
+        post = self.last_post.reshape(-1, self.out_features).to(self.weight.dtype)
+        self.post_rate.mul_(rate_momentum).add_(post.abs().mean(0), alpha=1 - rate_momentum)
+        w = self.weight
+        new = w + eta * (post.T @ pre / max(pre.shape[0], 1) - oja * post.pow(2).mean(0)[:, None] * w)
+        if homeo_rate:
+            rate = self.post_rate
+            new = new * (1 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12))[:, None]
+        new = torch.where(new * w < 0, torch.zeros_like(new), new)
+        w.copy_(new * self.mask)
+        self.last_pre = self.last_post = None
+        if self.sign is not None:
+            w.clamp_(min=0.0)
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        if self.sign is not None:
+            self.weight.clamp_(min=0.0)
+        self.weight.mul_(self.mask)

@@ -1,0 +1,5 @@
+"""Models: BioNIC and the conventional baseline."""
+
+from .bionic import BioNIC, BioNICConfig, ConventionalBaseline
+
+__all__ = ["BioNIC", "BioNICConfig", "ConventionalBaseline"]

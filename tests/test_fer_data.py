@@ -1,0 +1,129 @@
+"""FER-2013 loading (CSV, gzip, image folders), errors, augmentation, TTA."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from bionic_sparse.data.fer2013 import (
+    CLASSES,
+    augment_batch,
+    load_fer2013,
+    ten_crop_logits,
+    to_float,
+    write_fer_csv,
+)
+
+FER_DIR = os.environ.get("BIONIC_FER2013")
+
+
+@pytest.mark.parametrize("name", ["tiny.csv", "tiny.csv.gz"])
+def test_csv_and_gzip(tmp_path, name):
+    write_fer_csv(str(tmp_path / name), n_per_class_split=3)
+    data = load_fer2013(str(tmp_path / name))
+    assert set(data.images) == {"train", "public_test", "private_test"}
+    for split in data.images:
+        assert data.images[split].shape == (21, 48, 48) and data.images[split].dtype == torch.uint8
+        assert data.class_counts()[split] == [3] * 7
+    assert "train" in data.describe()
+    # a directory holding fer2013.csv works too
+    os.rename(tmp_path / name, tmp_path / ("fer2013.csv" + (".gz" if name.endswith(".gz") else "")))
+    assert load_fer2013(str(tmp_path)).labels["train"].numel() == 21
+
+
+@pytest.mark.parametrize(
+    "line,match",
+    [
+        ("9,{px},Training", "emotion 9 is outside 0..6"),
+        ("x,{px},Training", "is not an integer"),
+        ("1,1 2 3,Training", "expected 2304 pixels"),
+        ("1,{px},Validation", "Usage 'Validation'"),
+        ("1,{px}", "expected 3 fields"),
+        ("1,{bad},Training", "0..255"),
+    ],
+)
+def test_malformed_rows_name_the_row(tmp_path, line, match):
+    px = " ".join(["7"] * 2304)
+    bad = " ".join(["300"] * 2304)
+    path = tmp_path / "bad.csv"
+    path.write_text("emotion,pixels,Usage\n" + f"0,{px},Training\n" + line.format(px=px, bad=bad) + "\n")
+    with pytest.raises(ValueError, match="row 3") as e:
+        load_fer2013(str(path))
+    assert match in str(e.value)
+
+
+def test_missing_path_explains_where_to_get_the_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="BIONIC_FER2013"):
+        load_fer2013(str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="neither fer2013.csv"):
+        load_fer2013(str(tmp_path))
+
+
+def _write_folder(root, prefixes: bool, classes=CLASSES):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 4)):
+        for c in classes:
+            os.makedirs(root / split / c, exist_ok=True)
+            for i in range(n):
+                prefix = ("PublicTest_" if i % 2 else "PrivateTest_") if (prefixes and split == "test") else ""
+                name = f"{prefix}{i}.png"
+                Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(root / split / c / name)
+
+
+@pytest.mark.parametrize("prefixes", [True, False], ids=["with-split-prefixes", "plain"])
+def test_image_folder_layout(tmp_path, prefixes):
+    _write_folder(tmp_path, prefixes)
+    data = load_fer2013(str(tmp_path), seed=1)
+    if prefixes:
+        assert data.labels["train"].numel() == 70
+        assert data.labels["public_test"].numel() == 14 and data.labels["private_test"].numel() == 14
+    else:
+        assert data.labels["public_test"].numel() == 7  # seeded 10 % of train
+        assert data.labels["train"].numel() == 63 and data.labels["private_test"].numel() == 28
+        again = load_fer2013(str(tmp_path), seed=1)
+        assert torch.equal(again.images["public_test"], data.images["public_test"])
+
+
+def test_unknown_class_folder(tmp_path):
+    _write_folder(tmp_path, False, classes=("angry", "contempt"))
+    with pytest.raises(ValueError, match="unknown class folder 'contempt'"):
+        load_fer2013(str(tmp_path))
+
+
+def test_augment_batch_is_per_sample_and_seeded():
+    x = to_float(torch.randint(0, 255, (8, 48, 48), dtype=torch.uint8))
+    a = augment_batch(x.clone(), generator=torch.Generator().manual_seed(0))
+    b = augment_batch(x.clone(), generator=torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    same = x[:1].expand(8, 1, 48, 48).contiguous()
+    out = augment_batch(same, generator=torch.Generator().manual_seed(1))
+    assert (out[0] - out[1:]).abs().amax(dim=(1, 2, 3)).min() > 0.01, "each sample gets its own transform"
+    ident = augment_batch(
+        x,
+        generator=torch.Generator().manual_seed(0),
+        max_shift=0,
+        max_rotation_deg=0,
+        flip=False,
+        brightness=0,
+        contrast=0,
+    )
+    assert torch.allclose(ident, x, atol=1e-4)
+
+
+def test_ten_crop_tta():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48 * 48, 7))
+    x = torch.randn(3, 1, 48, 48)
+    assert ten_crop_logits(model, x).shape == (3, 7)
+
+
+@pytest.mark.skipif(not FER_DIR or not os.path.exists(FER_DIR), reason="set BIONIC_FER2013 to the real FER-2013")
+def test_real_fer2013_counts():
+    data = load_fer2013(FER_DIR)
+    if data.source.endswith((".csv", ".csv.gz")) and data.labels["train"].numel() > 20000:
+        assert data.class_counts()["train"] == [3995, 436, 4097, 7215, 4830, 3171, 4965]
+        assert sum(data.class_counts()["private_test"]) == 3589

@@ -55,6 +55,15 @@ def test_malformed_rows_name_the_row(tmp_path, line, match):
     assert match in str(e.value)
 
 
+def test_npz_cache_round_trip(tmp_path):
+    write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=2)
+    data = load_fer2013(str(tmp_path / "tiny.csv"))
+    data.save_npz(str(tmp_path / "tiny.npz"))
+    again = load_fer2013(str(tmp_path / "tiny.npz"))
+    for s in data.images:
+        assert torch.equal(again.images[s], data.images[s]) and torch.equal(again.labels[s], data.labels[s])
+
+
 def test_missing_path_explains_where_to_get_the_data(tmp_path):
     with pytest.raises(FileNotFoundError, match="BIONIC_FER2013"):
         load_fer2013(str(tmp_path / "nope"))

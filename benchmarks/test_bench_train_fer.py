@@ -41,9 +41,14 @@ def _run(benchmark, variant: str, device: str, batch: int, rounds: int) -> None:
     benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=1)
     median = benchmark.stats.stats.median
     benchmark.extra_info.update(
-        variant=variant, device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu", batch=batch,
-        images_per_s=batch / median, parameters=sum(p.numel() for p in model.parameters()),
-        threads=torch.get_num_threads(), torch=torch.__version__, seed=0,
+        variant=variant,
+        device=torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        batch=batch,
+        images_per_s=batch / median,
+        parameters=sum(p.numel() for p in model.parameters()),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        seed=0,
     )
 
 

@@ -55,6 +55,22 @@ def test_malformed_rows_name_the_row(tmp_path, line, match):
     assert match in str(e.value)
 
 
+def test_blur_mismatch_is_reported(tmp_path):
+    write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=3)
+    data = load_fer2013(str(tmp_path / "tiny.csv"))
+    assert data.check() == []
+    blurred = torch.nn.functional.avg_pool2d(data.images["train"].float().unsqueeze(1), 9, 1, 4)
+    data.images["train"] = blurred.squeeze(1).to(torch.uint8)
+    assert any("sharpness" in w for w in data.check())
+
+
+def test_equalisation_is_invariant_to_monotone_intensity_changes():
+    x = torch.randint(0, 200, (4, 48, 48), dtype=torch.uint8)
+    a, b = to_float(x), to_float((x.float() * 1.2 + 10).to(torch.uint8))
+    assert torch.allclose(a, b, atol=1e-5)
+    assert abs(a.mean().item()) < 1e-4 and abs(a.std().item() - 1) < 0.01
+
+
 def test_npz_cache_round_trip(tmp_path):
     write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=2)
     data = load_fer2013(str(tmp_path / "tiny.csv"))

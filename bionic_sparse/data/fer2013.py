@@ -24,8 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CLASSES", "FER2013", "load_fer2013", "augment_batch", "ten_crop_logits", "default_data_path",
-           "write_fer_csv"]
+__all__ = [
+    "CLASSES",
+    "FER2013",
+    "load_fer2013",
+    "augment_batch",
+    "ten_crop_logits",
+    "default_data_path",
+    "write_fer_csv",
+]
 
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 USAGE_TO_SPLIT = {"Training": "train", "PublicTest": "public_test", "PrivateTest": "private_test"}
@@ -58,15 +65,43 @@ class FER2013:
     def describe(self) -> str:
         lines = [f"FER-2013 from {self.source}"]
         for split, counts in self.class_counts().items():
-            lines.append(f"  {split:<13}{sum(counts):>7} images  " + " ".join(
-                f"{c[:3]}={n}" for c, n in zip(CLASSES, counts, strict=True)))
+            lines.append(
+                f"  {split:<13}{sum(counts):>7} images  "
+                + " ".join(f"{c[:3]}={n}" for c, n in zip(CLASSES, counts, strict=True))
+            )
         return "\n".join(lines)
+
+    def sharpness(self) -> dict[str, float]:
+        """Median mean-absolute Laplacian per split (a blur check). Train and test should match:
+        in the copy in shared/data the training images measure 1.9 and the test images 29 (the
+        training images are low-pass filtered), so a model trained there transfers badly."""
+        out = {}
+        for split, x in self.images.items():
+            im = x[:2000].float()
+            lap = 4 * im[:, 1:-1, 1:-1] - im[:, :-2, 1:-1] - im[:, 2:, 1:-1] - im[:, 1:-1, :-2] - im[:, 1:-1, 2:]
+            out[split] = float(lap.abs().mean(dim=(1, 2)).median()) if x.shape[0] else float("nan")
+        return out
+
+    def check(self) -> list[str]:
+        """Warnings about the data (empty splits, a train/test sharpness mismatch)."""
+        warnings = [f"split {s!r} is empty" for s, y in self.labels.items() if y.numel() == 0]
+        sharp = self.sharpness()
+        train, test = sharp.get("train", float("nan")), sharp.get("private_test", float("nan"))
+        if train > 0 and test > 0 and max(train, test) / min(train, test) > 3:
+            warnings.append(
+                f"training and test images differ in sharpness (median |Laplacian| {train:.1f} vs {test:.1f}): "
+                "one split looks blurred; accuracies on this copy are not comparable with FER-2013 results"
+            )
+        return warnings
 
     def save_npz(self, path: str) -> None:
         """Cache as ``.npz`` (``x_<split>`` uint8, ``y_<split>`` int64): loads in a second instead of
         parsing the 290 MB CSV (~10 s)."""
-        np.savez(path, **{f"x_{s}": v.numpy() for s, v in self.images.items()},
-                 **{f"y_{s}": v.numpy() for s, v in self.labels.items()})
+        np.savez(
+            path,
+            **{f"x_{s}": v.numpy() for s, v in self.images.items()},
+            **{f"y_{s}": v.numpy() for s, v in self.labels.items()},
+        )
 
     def subset(self, n_per_split: int, seed: int = 0) -> FER2013:
         """A small random subset (``--quick``): at most ``n_per_split`` images per split."""
@@ -114,8 +149,10 @@ def _load_csv(path: str) -> FER2013:
             images[split].append(values.astype(np.uint8))
             labels[split].append(label)
     return FER2013(
-        images={s: torch.from_numpy(np.stack(v).reshape(-1, 48, 48)) if v else torch.zeros(0, 48, 48, dtype=torch.uint8)
-                for s, v in images.items()},
+        images={
+            s: torch.from_numpy(np.stack(v).reshape(-1, 48, 48)) if v else torch.zeros(0, 48, 48, dtype=torch.uint8)
+            for s, v in images.items()
+        },
         labels={s: torch.tensor(v, dtype=torch.int64) for s, v in labels.items()},
         source=path,
     )
@@ -177,7 +214,9 @@ def load_fer2013(path: str | None = None, seed: int = 0) -> FER2013:
                 return _load_csv(os.path.join(path, name))
         if os.path.isdir(os.path.join(path, "train")) and os.path.isdir(os.path.join(path, "test")):
             return _load_folders(path, seed)
-        raise FileNotFoundError(f"{path!r} holds neither fer2013.csv(.gz) nor train/ and test/ folders. {GET_DATA_HELP}")
+        raise FileNotFoundError(
+            f"{path!r} holds neither fer2013.csv(.gz) nor train/ and test/ folders. {GET_DATA_HELP}"
+        )
     if path.endswith(".npz"):
         return _load_npz(path)
     return _load_csv(path)
@@ -192,7 +231,9 @@ def _load_npz(path: str) -> FER2013:
         labels = {s: torch.from_numpy(z[f"y_{s}"].astype(np.int64)) for s in splits}
     for s in splits:
         if images[s].shape[1:] != (48, 48) or images[s].shape[0] != labels[s].shape[0]:
-            raise ValueError(f"{path}: split {s} has images {tuple(images[s].shape)} and labels {tuple(labels[s].shape)}")
+            raise ValueError(
+                f"{path}: split {s} has images {tuple(images[s].shape)} and labels {tuple(labels[s].shape)}"
+            )
     return FER2013(images, labels, path)
 
 
@@ -214,13 +255,32 @@ def write_fer_csv(path: str, n_per_class_split: int = 4, seed: int = 0) -> None:
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[B, 48, 48]`` -> float ``[B, 1, 48, 48]`` normalised to roughly zero mean, unit std."""
-    return (images.float().unsqueeze(1) / 255.0 - 0.5) / 0.25
+    """uint8 ``[B, 48, 48]`` -> float ``[B, 1, 48, 48]``: per-image histogram equalisation (each
+    pixel becomes its mid-rank quantile in its image), scaled to zero mean and unit variance.
+
+    NOTE: invariant to any monotone intensity change. In the FER-2013 copy in shared/data the
+    test images have another intensity distribution than the training images (mean per-image
+    pixel std 54 vs 38, six times as many saturated pixels); equalisation removes that difference
+    (it cannot undo the blur of that copy's training images, see :meth:`FER2013.sharpness`).
+    """
+    b = images.shape[0]
+    flat = images.reshape(b, -1).long()
+    hist = torch.zeros(b, 256, dtype=torch.float32, device=images.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
+    below = hist.cumsum(1) - hist  # pixels strictly darker than each value
+    mid_rank = below + (hist - 1) / 2  # ties share their mean rank
+    q = torch.gather(mid_rank, 1, flat) / max(flat.shape[1] - 1, 1)
+    return ((q - 0.5) / 0.2887).view(b, 1, *images.shape[1:])
 
 
 def augment_batch(
-    x: torch.Tensor, generator: torch.Generator | None = None, max_shift: float = 4.0, max_rotation_deg: float = 10.0,
-    flip: bool = True, brightness: float = 0.2, contrast: float = 0.2,
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_shift: float = 4.0,
+    max_rotation_deg: float = 10.0,
+    flip: bool = True,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
 ) -> torch.Tensor:
     """Per-sample random augmentation of a float batch ``[B, 1, H, W]`` on its own device: random
     translation of up to ``max_shift`` pixels (the random crop with padding), horizontal flip,
@@ -240,7 +300,7 @@ def augment_batch(
     out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
     c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
-    br = uniform(-brightness, brightness).view(b, 1, 1, 1) / 0.25
+    br = uniform(-brightness, brightness).view(b, 1, 1, 1) * 4.0  # in units of the image std (x 4: as 0.2 of range)
     return (out - mean) * c + mean + br
 
 

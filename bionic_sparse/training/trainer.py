@@ -171,8 +171,11 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
     if cfg.quick:
         data = data.subset(300, seed=cfg.seed)
         epochs = 1
+    data_warnings = data.check()
     if rank == 0:
         print(data.describe())
+        for w in data_warnings:
+            print(f"warning: {w}")
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(cfg.to_dict(), f, indent=1)
 
@@ -299,6 +302,7 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "n_parameters": sum(p.numel() for p in model.parameters()),
             "data_source": data.source,
+            "data_warnings": data_warnings,
         }
         with open(os.path.join(cfg.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)

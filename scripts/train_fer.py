@@ -85,7 +85,7 @@ def parse(argv=None) -> TrainConfig:
             d[key] = v
     d["model_config"] = model_cfg
     cfg = TrainConfig.from_dict(d)
-    if args.out is None and "out" not in (d if args.config is None else {}):
+    if "out" not in d:
         tag = cfg.model if cfg.model == "baseline" else f"bionic-{cfg.model_config.execution}"
         cfg.out = os.path.join("runs", "fer", f"{tag}-seed{cfg.seed}")
     return cfg

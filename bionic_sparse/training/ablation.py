@@ -1,0 +1,230 @@
+"""Ablation runner: the BioNIC ablation grid x seeds, each run a trainer run in its own folder.
+
+* Resumable: a run whose ``results.json`` exists is skipped; a failed or interrupted run is run
+  again on the next call.
+* Isolated: every run is a separate ``scripts/train_fer.py`` process, so a crash (or OOM) of one
+  run is recorded as ``failed`` with its log and the others go on.
+* Parallel: ``jobs`` runs at a time; with CUDA GPUs the runs are spread over them
+  (``CUDA_VISIBLE_DEVICES``), otherwise they share the CPU (threads split between jobs).
+* Report: ``ablations.csv`` (one row per run), ``ablations.md`` (mean ± std per variant and the
+  difference to the full model with a paired t-test over the seeds both have), ``ablations.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+__all__ = ["VARIANTS", "RunSpec", "run_ablations", "summarize"]
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
+VARIANTS: dict[str, tuple[dict, dict]] = {
+    "full": ({}, {}),
+    "dense_masks": ({}, {"masks": "dense"}),
+    "random_masks": ({}, {"masks": "random"}),
+    "shuffled_laminae": ({}, {"masks": "shuffled_laminae"}),
+    "unsigned": ({}, {"signed": False}),
+    "no_inhibition": ({}, {"g_inh": 0.0}),
+    "no_hebbian": ({}, {"hebbian_eta": 0.0}),
+    "no_homeostasis": ({}, {"homeostasis_rate": 0.0}),
+    "no_layernorm": ({}, {"layernorm": False}),
+    "no_augmentation": ({"augment": False}, {}),
+    "no_noise": ({}, {"noise_sigma": 0.0}),
+    "no_conv_front_end": ({}, {"conv_front_end": False}),
+    "baseline": ({"model": "baseline"}, {}),
+}
+
+
+@dataclass
+class RunSpec:
+    variant: str
+    seed: int
+    out: str
+
+    @property
+    def done(self) -> bool:
+        return os.path.exists(os.path.join(self.out, "results.json"))
+
+
+def _run_config(base: dict, variant: str, seed: int, out: str, variants: dict) -> dict:
+    train_over, model_over = variants[variant]
+    cfg = json.loads(json.dumps(base))  # deep copy
+    cfg.update(train_over)
+    cfg["model_config"] = {**cfg.get("model_config", {}), **model_over}
+    cfg.update(seed=seed, out=out, resume=True)
+    return cfg
+
+
+def _launch(spec: RunSpec, cfg: dict, env: dict) -> dict:
+    os.makedirs(spec.out, exist_ok=True)
+    with open(os.path.join(spec.out, "run_config.json"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    t0 = time.perf_counter()
+    with open(os.path.join(spec.out, "run.log"), "w") as log:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                os.path.join(ROOT, "scripts", "train_fer.py"),
+                "--config",
+                os.path.join(spec.out, "run_config.json"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    status = "done" if proc.returncode == 0 and spec.done else f"failed (exit {proc.returncode})"
+    return {"variant": spec.variant, "seed": spec.seed, "status": status, "seconds": time.perf_counter() - t0}
+
+
+def run_ablations(
+    out: str,
+    base: dict,
+    seeds: list[int],
+    variants: list[str] | None = None,
+    jobs: int = 1,
+    variant_table: dict | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run (or resume) the grid; returns one status row per run and writes the report."""
+    table = variant_table or VARIANTS
+    names = variants or list(table)
+    unknown = [v for v in names if v not in table]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(table)}")
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    specs = [RunSpec(v, s, os.path.join(out, v, f"seed{s}")) for v in names for s in seeds]
+    todo = [sp for sp in specs if not sp.done]
+    statuses = {
+        (sp.variant, sp.seed): {"variant": sp.variant, "seed": sp.seed, "status": "done (skipped)", "seconds": 0.0}
+        for sp in specs
+        if sp.done
+    }
+    n_gpus = _gpu_count()
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+
+    def work(i_spec):
+        i, spec = i_spec
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        if n_gpus:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
+        return _launch(spec, _run_config(base, spec.variant, spec.seed, spec.out, table), env)
+
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+    with ThreadPoolExecutor(jobs) as pool:
+        it = pool.map(work, enumerate(todo))
+        if tqdm is not None and progress:
+            it = tqdm(it, total=len(todo), desc="ablation runs")
+        for row in it:
+            statuses[(row["variant"], row["seed"])] = row
+    rows = [statuses[(sp.variant, sp.seed)] for sp in specs]
+    summarize(out, specs, rows)
+    return rows
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # pragma: no cover
+        return 0
+
+
+def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
+    """Write ablations.csv / .md / .png from the run folders; returns the markdown."""
+    records = []
+    for spec, row in zip(specs, rows, strict=True):
+        rec = {
+            "variant": spec.variant,
+            "seed": spec.seed,
+            "status": row["status"],
+            "private_acc": "",
+            "public_acc": "",
+            "epochs": "",
+            "seconds": f"{row['seconds']:.1f}",
+            "dir": spec.out,
+        }
+        if spec.done:
+            with open(os.path.join(spec.out, "results.json")) as f:
+                r = json.load(f)
+            rec.update(
+                private_acc=r["private_test"]["accuracy"], public_acc=r["public_test"]["accuracy"], epochs=r["epochs"]
+            )
+        records.append(rec)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "ablations.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(records[0]) if records else ["variant"])
+        w.writeheader()
+        w.writerows(records)
+
+    acc: dict[str, dict[int, float]] = {}
+    for rec in records:
+        if rec["private_acc"] != "":
+            acc.setdefault(rec["variant"], {})[rec["seed"]] = 100 * float(rec["private_acc"])
+    lines = [
+        "| variant | runs | PrivateTest % (mean ± std) | Δ vs full (points) | paired t-test p |",
+        "|---|---|---|---|---|",
+    ]
+    full = acc.get("full", {})
+    for variant in dict.fromkeys(r["variant"] for r in records):
+        vals = acc.get(variant, {})
+        if not vals:
+            lines.append(f"| {variant} | 0 | - | - | - |")
+            continue
+        mean = statistics.mean(vals.values())
+        sd = statistics.stdev(vals.values()) if len(vals) > 1 else 0.0
+        delta, p = "-", "-"
+        common = sorted(set(vals) & set(full))
+        if variant != "full" and common:
+            diffs = [vals[s] - full[s] for s in common]
+            delta = f"{statistics.mean(diffs):+.2f}"
+            if len(common) > 1:
+                from scipy.stats import ttest_rel
+
+                p = f"{ttest_rel([vals[s] for s in common], [full[s] for s in common]).pvalue:.3g}"
+        lines.append(f"| {variant} | {len(vals)} | {mean:.2f} ± {sd:.2f} | {delta} | {p} |")
+    failed = [f"{r['variant']}/seed{r['seed']}: {r['status']}" for r in records if r["status"].startswith("failed")]
+    if failed:
+        lines += ["", "Failed runs (see their run.log; the next call runs them again): " + ", ".join(failed)]
+    md = "\n".join(lines)
+    with open(os.path.join(out, "ablations.md"), "w") as f:
+        f.write(md + "\n")
+    _bar_chart(os.path.join(out, "ablations.png"), acc)
+    return md
+
+
+def _bar_chart(path: str, acc: dict[str, dict[int, float]]) -> None:
+    if not acc:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(acc)
+    means = [statistics.mean(acc[n].values()) for n in names]
+    sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
+    colours = ["tab:green" if n == "full" else "tab:gray" if n == "baseline" else "tab:blue" for n in names]
+    ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colours)
+    for i, n in enumerate(names):
+        ax.scatter([i] * len(acc[n]), list(acc[n].values()), color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_ylabel("PrivateTest accuracy (%)")
+    ax.set_title("BioNIC ablations (mean ± std over seeds; dots are seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)

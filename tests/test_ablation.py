@@ -1,0 +1,126 @@
+"""Ablation runner: smoke run on a tiny generated dataset, resume, crash tolerance, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bionic_sparse.data.fer2013 import write_fer_csv
+from bionic_sparse.training.ablation import VARIANTS, run_ablations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = {
+    "epochs": 1,
+    "batch_size": 16,
+    "device": "cpu",
+    "model_config": {"units_per_neuron": 2, "block_size": 8, "front_channels": [4, 8], "front_pool": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fer") / "tiny.csv"
+    write_fer_csv(str(path), n_per_class_split=3)
+    return str(path)
+
+
+def test_grid_covers_the_design():
+    expected = {
+        "full",
+        "dense_masks",
+        "random_masks",
+        "shuffled_laminae",
+        "unsigned",
+        "no_inhibition",
+        "no_hebbian",
+        "no_homeostasis",
+        "no_layernorm",
+        "no_augmentation",
+        "no_noise",
+        "no_conv_front_end",
+        "baseline",
+    }
+    assert set(VARIANTS) == expected
+
+
+def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
+    table = dict(VARIANTS, broken=({}, {"masks": "bogus"}))  # a run that crashes at model construction
+    base = dict(TINY, data=tiny_csv)
+    rows = run_ablations(
+        str(tmp_path),
+        base,
+        seeds=[0, 1],
+        variants=["full", "no_noise", "broken"],
+        jobs=2,
+        variant_table=table,
+        progress=False,
+    )
+    status = {(r["variant"], r["seed"]): r["status"] for r in rows}
+    assert status[("full", 0)] == "done" and status[("no_noise", 1)] == "done"
+    assert status[("broken", 0)].startswith("failed")
+    assert "masks must be one of" in (tmp_path / "broken" / "seed0" / "run.log").read_text()
+    with open(tmp_path / "ablations.csv") as f:
+        records = list(csv.DictReader(f))
+    assert len(records) == 6 and {r["status"] for r in records} >= {"done"}
+    md = (tmp_path / "ablations.md").read_text()
+    assert "| full | 2 |" in md and "Failed runs" in md and "paired t-test" in md
+    assert (tmp_path / "ablations.png").stat().st_size > 1000
+    # resume: finished runs are skipped (results untouched), the failed one is tried again
+    stamp = os.path.getmtime(tmp_path / "full" / "seed0" / "results.json")
+    table["broken"] = ({}, {"masks": "random"})  # "fixed"
+    rows = run_ablations(
+        str(tmp_path),
+        base,
+        seeds=[0, 1],
+        variants=["full", "no_noise", "broken"],
+        jobs=2,
+        variant_table=table,
+        progress=False,
+    )
+    status = {(r["variant"], r["seed"]): r["status"] for r in rows}
+    assert status[("full", 0)] == "done (skipped)" and status[("broken", 0)] == "done"
+    assert os.path.getmtime(tmp_path / "full" / "seed0" / "results.json") == stamp
+    cfg = json.loads((tmp_path / "broken" / "seed1" / "run_config.json").read_text())
+    assert cfg["seed"] == 1 and cfg["model_config"]["masks"] == "random"
+
+
+def test_cli_quick_smoke(tiny_csv, tmp_path):
+    conf = tmp_path / "base.json"
+    conf.write_text(json.dumps(TINY))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "run_ablations.py"),
+            "--quick",
+            "--data",
+            tiny_csv,
+            "--out",
+            str(tmp_path / "abl"),
+            "--seeds",
+            "0",
+            "--variants",
+            "full",
+            "baseline",
+            "--config",
+            str(conf),
+            "--jobs",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 runs finished, 0 failed" in proc.stdout
+    listing = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "run_ablations.py"), "--list"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "random_masks" in listing.stdout

@@ -198,6 +198,19 @@ def linear_dw(
     return _blocks_from_dense(full, row, col, b)
 
 
+def homeostatic_scale(post_rate: torch.Tensor, target_rate: float, homeo_rate: float) -> torch.Tensor:
+    """Per-postsynaptic-row synaptic scaling ``1 + homeo_rate (target - r) / (target + |r|)``
+    ``[n_out]``: above 1 for rows below the target rate, in ``(1 - homeo_rate, 1 + homeo_rate)``."""
+    rate = post_rate.to(torch.promote_types(post_rate.dtype, torch.float32))
+    return 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
+
+
+def update_rate_(post_rate: torch.Tensor, post: torch.Tensor, momentum: float) -> None:
+    """EMA of the mean absolute activity per output unit: ``r <- m r + (1 - m) mean_batch |post|``."""
+    post2d = post.reshape(-1, post_rate.shape[0])
+    post_rate.mul_(momentum).add_(post2d.abs().mean(0).to(post_rate.dtype), alpha=1 - momentum)
+
+
 def hebbian_update(
     values: torch.Tensor,
     pre: torch.Tensor,
@@ -231,9 +244,7 @@ def hebbian_update(
 
     new = values + eta * (hebb - oja * per_row(post2d.pow(2).mean(0)) * values)
     if homeo_rate != 0.0 and post_rate is not None:
-        rate = post_rate.to(values.dtype)
-        scale = 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
-        new = new * per_row(scale)
+        new = new * per_row(homeostatic_scale(post_rate, target_rate, homeo_rate).to(values.dtype))
     new = torch.where(new * values < 0, torch.zeros_like(new), new)
     if synapse_mask is not None:
         new = new * synapse_mask

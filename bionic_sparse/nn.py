@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._torch_path import NOISE_MODES
+from ._torch_path import NOISE_MODES, homeostatic_scale, update_rate_
 from .format import BlockSparseMatrix, _as_mask_tensor
 
 __all__ = ["SparseConnectomeLinear", "MaskedLinear"]
@@ -183,8 +183,7 @@ class SparseConnectomeLinear(nn.Module):
         """
         if self.last_pre is None or self.last_post is None:
             raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
-        post2d = self.last_post.reshape(-1, self.out_features)
-        self.post_rate.mul_(rate_momentum).add_(post2d.abs().mean(0).to(self.post_rate.dtype), alpha=1 - rate_momentum)
+        update_rate_(self.post_rate, self.last_post, rate_momentum)
         F.plasticity_update(
             self.matrix,
             self.last_pre,
@@ -299,12 +298,12 @@ class MaskedLinear(nn.Module):
             raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
         pre = self.last_pre.reshape(-1, self.in_features).to(self.weight.dtype)
         post = self.last_post.reshape(-1, self.out_features).to(self.weight.dtype)
-        self.post_rate.mul_(rate_momentum).add_(post.abs().mean(0), alpha=1 - rate_momentum)
+        update_rate_(self.post_rate, post, rate_momentum)
         w = self.weight
         new = w + eta * (post.T @ pre / max(pre.shape[0], 1) - oja * post.pow(2).mean(0)[:, None] * w)
         if homeo_rate:
             rate = self.post_rate
-            new = new * (1 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12))[:, None]
+            new = new * homeostatic_scale(rate, target_rate, homeo_rate).to(new.dtype)[:, None]
         new = torch.where(new * w < 0, torch.zeros_like(new), new)
         w.copy_(new * self.mask)
         self.last_pre = self.last_post = None

@@ -201,11 +201,11 @@ def _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oj
             row=row,
             col=col,
             synapse_mask=synapse_mask,
-            post_rate=post_rate,
+            row_scale=None
+            if homeo_rate == 0.0 or post_rate is None
+            else tp.homeostatic_scale(post_rate, target_rate, homeo_rate),
             eta=eta,
             oja=oja,
-            target_rate=target_rate,
-            homeo_rate=homeo_rate,
         )
     method = cpu_method(values.shape[-1], values.shape[0], crow.numel() - 1, -(-pre.shape[-1] // values.shape[-1]))
     return tp.hebbian_update(

@@ -81,9 +81,7 @@ def test_kernels_match_oracle(n_out, n_in, b, density, fill, batch, sigma, mult,
         post=post,
         eta=0.2,
         oja=1.0,
-        post_rate=rate,
-        target_rate=0.3,
-        homeo_rate=0.1,
+        row_scale=tp.homeostatic_scale(rate, 0.3, 0.1),
     )
     factor = 1 + sigma * tp.noise_factor(m.values.double(), 1.0, 77, mode) if sigma and mult else 1.0
     dw_ref = m.gather_blocks(dy.double().T @ (x.double() * sign.double())) * factor
@@ -135,7 +133,7 @@ def test_activity_sums_and_relu():
 def test_hebbian_only_entry_point():
     m = build(40, 45, 16, 0.6, 0.5)
     pre, post = torch.randn(9, 45), torch.randn(9, 40)
-    new = bsr_hebbian_update(m.values, pre, post, m.row, m.col, m.synapse_mask, None, 0.1, 1.0, 0.1, 0.0)
+    new = bsr_hebbian_update(m.values, pre, post, m.row, m.col, m.synapse_mask, None, 0.1, 1.0)
     ref = tp.hebbian_update(m.values, pre, post, m.row, m.col, m.synapse_mask, None, 0.1, 1.0, 0.1, 0.0, "dense")
     assert rel_err(new, ref) < 2e-5
 
@@ -213,3 +211,15 @@ def test_inplace_plasticity(split):
     dw, new = bsr_sdd(dy, x, values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, split=split, inplace=True)
     assert new is values
     assert rel_err(values, ref_new) < 1e-6 and rel_err(dw, ref_dw) < 1e-6
+
+
+def test_plasticity_op_routes_to_triton(monkeypatch):
+    import bionic_sparse as bs
+
+    m = build(40, 45, 16, 0.6, 0.5)
+    pre, post, rate = torch.randn(7, 45), torch.randn(7, 40), torch.rand(40)
+    kw = dict(eta=0.2, post_rate=rate, target_rate=0.3, homeo_rate=0.1)
+    monkeypatch.setenv("BIONIC_SPARSE_BACKEND", "triton")
+    got = bs.plasticity_update(m, pre, post, **kw)
+    monkeypatch.setenv("BIONIC_SPARSE_BACKEND", "blockT")
+    assert rel_err(got, bs.plasticity_update(m, pre, post, **kw)) < 2e-5

@@ -240,9 +240,7 @@ def bsr_sdd(
     post: torch.Tensor | None = None,
     eta: float = 0.0,
     oja: float = 1.0,
-    post_rate: torch.Tensor | None = None,
-    target_rate: float = 0.1,
-    homeo_rate: float = 0.0,
+    row_scale: torch.Tensor | None = None,
     post_sq_sum: torch.Tensor | None = None,
     split: int | None = None,
     inplace: bool = False,
@@ -253,7 +251,7 @@ def bsr_sdd(
         dy: ``[..., N]`` output gradient or ``None`` (plasticity only). x: ``[..., K]`` presynaptic input.
         values: ``[nnzb, b, b]`` weights (fp32 masters). row/col: int32 COO block coordinates.
         post: ``[..., N]`` postsynaptic activity for the Hebbian term, or ``None`` (gradient only).
-        post_rate: ``[N]`` activity EMA for homeostatic scaling (ignored when ``homeo_rate == 0``).
+        row_scale: ``[N]`` fp32 homeostatic scale of each postsynaptic row, or ``None``.
         post_sq_sum: ``[N]`` fp32 ``sum_batch post^2`` if the forward already computed it
             (``act_stats`` of ``bsr_linear_fwd``); otherwise it is computed here.
         split: batch split (default: chosen from the number of blocks and SMs).
@@ -289,9 +287,9 @@ def bsr_sdd(
             m2 = post_sq_sum.float() / max(M, 1)
         else:
             m2 = post2d.float().pow(2).mean(0)
-        if homeo_rate != 0.0 and post_rate is not None:
-            rate = post_rate.float()
-            scale = 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
+        if row_scale is not None:
+            check(row_scale.shape == (n_out,), f"row_scale must have shape ({n_out},)")
+            scale = row_scale.float()
     if nnzb == 0:
         return dw, new_values
     dummy = x2d
@@ -370,26 +368,12 @@ def bsr_hebbian_update(
     row: torch.Tensor,
     col: torch.Tensor,
     synapse_mask: torch.Tensor | None,
-    post_rate: torch.Tensor | None,
+    row_scale: torch.Tensor | None,
     eta: float,
     oja: float,
-    target_rate: float,
-    homeo_rate: float,
 ) -> torch.Tensor:
     """Plasticity only (no gradient): the new values ``[nnzb, b, b]``."""
     _, new_values = bsr_sdd(
-        None,
-        pre,
-        values,
-        row,
-        col,
-        synapse_mask,
-        None,
-        post=post,
-        eta=eta,
-        oja=oja,
-        post_rate=post_rate,
-        target_rate=target_rate,
-        homeo_rate=homeo_rate,
+        None, pre, values, row, col, synapse_mask, None, post=post, eta=eta, oja=oja, row_scale=row_scale
     )
     return new_values

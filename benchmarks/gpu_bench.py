@@ -206,6 +206,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true", help="headline cases only")
+    ap.add_argument("--full", action="store_true", help="the whole grid of the kernel issue (fp32 at every point too)")
     ap.add_argument("--part", default="0/1", help="run the i-th of k slices of the grid, as i/k")
     ap.add_argument("--providers", default="triton,dense_masked,torch_bsr")
     args = ap.parse_args(argv)
@@ -246,6 +247,15 @@ def main(argv=None):
             for bt in (256, 4096)
         ]
         grid += [(n, 64, s, 4096, "fp32") for n in (4096, 16384) for s in (0.9, 0.99)]
+    if args.full:  # 64 cases: about two 10-minute device calls with --part 0/2 and 1/2
+        grid = [
+            (n, b, s, bt, dt)
+            for dt in ("bf16", "fp32")
+            for n in (4096, 16384)
+            for b in (32, 64)
+            for s in (0.8, 0.9, 0.95, 0.99)
+            for bt in (256, 4096)
+        ]
     part, parts = (int(v) for v in args.part.split("/"))
     grid = grid[part::parts]
     for case in grid:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run every GPU test and benchmark in one go and write benchmarks/results/<date>-<gpu>.json.
-#   bash scripts/gpu_check.sh [--quick] [--bench-only] [--no-pytest-benchmark] [--part i/k] [RESULTS_DIR]
+#   bash scripts/gpu_check.sh [--quick|--full] [--bench-only] [--no-pytest-benchmark] [--part i/k] [RESULTS_DIR]
 # --part i/k runs the i-th of k slices of the benchmark grid (to fit a time limit).
 # RESULTS_DIR defaults to benchmarks/results. Needs a CUDA GPU; uses the python on PATH
 # (or $PYTHON) with torch and triton installed.
@@ -10,6 +10,7 @@ quick="" skip_tests="" part="0/1" skip_pytest_bench=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick="--quick" ;;
+    --full) quick="--full" ;;
     --bench-only) skip_tests=1 ;;
     --no-pytest-benchmark) skip_pytest_bench=1 ;;
     --part) part="$2"; shift ;;

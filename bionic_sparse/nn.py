@@ -38,7 +38,40 @@ def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -
     return topo
 
 
-class SparseConnectomeLinear(nn.Module):
+class _PlasticityMixin:
+    """The plasticity protocol shared by the sparse and the dense-masked layer: record activities
+    in the forward pass, then ``plasticity_step`` after the optimiser step."""
+
+    def _plastic_weight(self) -> torch.Tensor:  # the tensor plasticity and Dale act on
+        raise NotImplementedError
+
+    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def plasticity_step(
+        self,
+        eta: float,
+        oja: float = 1.0,
+        target_rate: float = 0.1,
+        homeo_rate: float = 0.0,
+        rate_momentum: float = 0.9,
+    ) -> None:
+        """Apply one Hebbian + homeostatic update in place from the last recorded activities.
+
+        Needs ``record_activity = True`` and a training-mode forward since the last call. The
+        rate EMA ``post_rate`` is updated from the mean of ``|post|`` over the batch first.
+        """
+        if self.last_pre is None or self.last_post is None:
+            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
+        update_rate_(self.post_rate, self.last_post, rate_momentum)
+        self._apply_plasticity(self.last_pre, self.last_post, eta, oja, target_rate, homeo_rate)
+        self.last_pre = self.last_post = None
+        if self.sign is not None:  # a weight at zero may not grow negative under Dale's law
+            self._plastic_weight().clamp_(min=0.0)
+
+
+class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     """Linear layer ``y = x @ (W * M * sign)^T + bias`` with ``W`` stored block-sparse.
 
     Args:
@@ -167,27 +200,14 @@ class SparseConnectomeLinear(nn.Module):
             self.last_pre, self.last_post = x.detach(), y.detach()
         return y
 
-    @torch.no_grad()
-    def plasticity_step(
-        self,
-        eta: float,
-        oja: float = 1.0,
-        target_rate: float = 0.1,
-        homeo_rate: float = 0.0,
-        rate_momentum: float = 0.9,
-    ) -> None:
-        """Apply one Hebbian + homeostatic update in place from the last recorded activities.
+    def _plastic_weight(self) -> torch.Tensor:
+        return self.values
 
-        Needs ``record_activity = True`` and a training-mode forward since the last call. The
-        rate EMA ``post_rate`` is updated from the mean of ``|post|`` over the batch first.
-        """
-        if self.last_pre is None or self.last_post is None:
-            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
-        update_rate_(self.post_rate, self.last_post, rate_momentum)
+    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
         F.plasticity_update(
             self.matrix,
-            self.last_pre,
-            self.last_post,
+            pre,
+            post,
             eta=eta,
             oja=oja,
             post_rate=self.post_rate,
@@ -196,9 +216,6 @@ class SparseConnectomeLinear(nn.Module):
             values=self.values,
             inplace=True,
         )
-        self.last_pre = self.last_post = None
-        if self.sign is not None:  # a weight at zero may not grow negative under Dale's law
-            self.values.clamp_(min=0.0)
 
     @torch.no_grad()
     def constrain_(self) -> None:
@@ -251,7 +268,7 @@ class SparseConnectomeLinear(nn.Module):
         return s
 
 
-class MaskedLinear(nn.Module):
+class MaskedLinear(_PlasticityMixin, nn.Module):
     """Dense-masked execution of a :class:`SparseConnectomeLinear`: the same function (mask, sign,
     noise, plasticity) on a dense ``weight[out, in]`` with ``F.linear``. The reference that the
     block-sparse engine is compared against; noise uses ``torch.randn`` (not the synapse-id
@@ -284,31 +301,19 @@ class MaskedLinear(nn.Module):
             self.last_pre, self.last_post = x.detach(), y.detach()
         return y
 
-    @torch.no_grad()
-    def plasticity_step(
-        self,
-        eta: float,
-        oja: float = 1.0,
-        target_rate: float = 0.1,
-        homeo_rate: float = 0.0,
-        rate_momentum: float = 0.9,
-    ) -> None:
-        """Same rule as :meth:`SparseConnectomeLinear.plasticity_step`, in dense form."""
-        if self.last_pre is None or self.last_post is None:
-            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
-        pre = self.last_pre.reshape(-1, self.in_features).to(self.weight.dtype)
-        post = self.last_post.reshape(-1, self.out_features).to(self.weight.dtype)
-        update_rate_(self.post_rate, post, rate_momentum)
+    def _plastic_weight(self) -> torch.Tensor:
+        return self.weight
+
+    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
+        """Same rule as ``bionic_sparse.plasticity_update``, in dense form."""
+        pre = pre.reshape(-1, self.in_features).to(self.weight.dtype)
+        post = post.reshape(-1, self.out_features).to(self.weight.dtype)
         w = self.weight
         new = w + eta * (post.T @ pre / max(pre.shape[0], 1) - oja * post.pow(2).mean(0)[:, None] * w)
         if homeo_rate:
-            rate = self.post_rate
-            new = new * homeostatic_scale(rate, target_rate, homeo_rate).to(new.dtype)[:, None]
+            new = new * homeostatic_scale(self.post_rate, target_rate, homeo_rate).to(new.dtype)[:, None]
         new = torch.where(new * w < 0, torch.zeros_like(new), new)
         w.copy_(new * self.mask)
-        self.last_pre = self.last_post = None
-        if self.sign is not None:
-            w.clamp_(min=0.0)
 
     @torch.no_grad()
     def constrain_(self) -> None:

@@ -51,15 +51,19 @@ def test_grid_covers_the_design():
 def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
     table = dict(VARIANTS, broken=({}, {"masks": "bogus"}))  # a run that crashes at model construction
     base = dict(TINY, data=tiny_csv)
-    rows = run_ablations(
-        str(tmp_path),
-        base,
-        seeds=[0, 1],
-        variants=["full", "no_noise", "broken"],
-        jobs=2,
-        variant_table=table,
-        progress=False,
-    )
+
+    def run(table):
+        return run_ablations(
+            str(tmp_path),
+            base,
+            seeds=[0, 1],
+            variants=["full", "no_noise", "broken"],
+            jobs=2,
+            variant_table=table,
+            progress=False,
+        )
+
+    rows = run(table)
     status = {(r["variant"], r["seed"]): r["status"] for r in rows}
     assert status[("full", 0)] == "done" and status[("no_noise", 1)] == "done"
     assert status[("broken", 0)].startswith("failed")
@@ -73,15 +77,7 @@ def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
     # resume: finished runs are skipped (results untouched), the failed one is tried again
     stamp = os.path.getmtime(tmp_path / "full" / "seed0" / "results.json")
     table["broken"] = ({}, {"masks": "random"})  # "fixed"
-    rows = run_ablations(
-        str(tmp_path),
-        base,
-        seeds=[0, 1],
-        variants=["full", "no_noise", "broken"],
-        jobs=2,
-        variant_table=table,
-        progress=False,
-    )
+    rows = run(table)
     status = {(r["variant"], r["seed"]): r["status"] for r in rows}
     assert status[("full", 0)] == "done (skipped)" and status[("broken", 0)] == "done"
     assert os.path.getmtime(tmp_path / "full" / "seed0" / "results.json") == stamp

@@ -95,9 +95,14 @@ def test_quick_mode_and_errors(tiny_csv, tmp_path):
         TrainConfig.from_dict({"epoch": 3})
 
 
-def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
+def _cli_config(tmp_path):
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"epochs": 1, "batch_size": 8, "model_config": TINY_MODEL}))
+    return conf
+
+
+def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
+    conf = _cli_config(tmp_path)
     out = tmp_path / "run"
     proc = subprocess.run(
         [
@@ -132,8 +137,7 @@ def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
 
 
 def test_ddp_two_gloo_processes(tiny_csv, tmp_path):
-    conf = tmp_path / "conf.json"
-    conf.write_text(json.dumps({"epochs": 1, "batch_size": 8, "model_config": TINY_MODEL}))
+    conf = _cli_config(tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [

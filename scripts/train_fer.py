@@ -52,6 +52,9 @@ def parse(argv=None) -> TrainConfig:
     ap.add_argument("--tta", action="store_true", default=None, help="ten-crop test-time augmentation")
     ap.add_argument("--out", help="output directory (default runs/fer/<model>-seed<k>)")
     ap.add_argument("--quick", action="store_true", default=None, help="300 images per split, one epoch")
+    ap.add_argument("--train-images", type=int, help="keep this many training images (stratified, seeded)")
+    ap.add_argument("--holdout", type=float, help="fraction of Training held out as an in-distribution split")
+    ap.add_argument("--select-on", choices=["public_test", "holdout"], help="split for model selection")
     ap.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
     ap.add_argument("--tensorboard", action="store_true", default=None)
     args = ap.parse_args(argv)
@@ -77,6 +80,9 @@ def parse(argv=None) -> TrainConfig:
         "tta",
         "out",
         "quick",
+        "train_images",
+        "holdout",
+        "select_on",
         "resume",
         "tensorboard",
     ):

@@ -50,7 +50,7 @@ def test_grid_covers_the_design():
 
 def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
     table = dict(VARIANTS, broken=({}, {"masks": "bogus"}))  # a run that crashes at model construction
-    base = dict(TINY, data=tiny_csv)
+    base = dict(TINY, data=tiny_csv, holdout=0.25, select_on="holdout")
 
     def run(table):
         return run_ablations(
@@ -73,6 +73,8 @@ def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
     assert len(records) == 6 and {r["status"] for r in records} >= {"done"}
     md = (tmp_path / "ablations.md").read_text()
     assert "| full | 2 |" in md and "Failed runs" in md and "paired t-test" in md
+    assert "hold-out % (mean ± std)" in md and "PrivateTest % (mean ± std)" in md
+    assert all(r["holdout_acc"] != "" for r in records if r["status"] == "done")
     assert (tmp_path / "ablations.png").stat().st_size > 1000
     # resume: finished runs are skipped (results untouched), the failed one is tried again
     stamp = os.path.getmtime(tmp_path / "full" / "seed0" / "results.json")

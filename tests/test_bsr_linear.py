@@ -159,6 +159,22 @@ def test_noise_statistics():
         assert (w != recovered(12, mode))[syn].float().mean() > 0.99, "different seeds must differ"
 
 
+def test_noise_memo_keeps_one_entry_per_layer_and_stays_a_pure_function():
+    from bionic_sparse import noise
+
+    noise._recent_noise.clear()
+    first = [synapse_noise(seed, 5, 8) for seed in range(4)]  # four layers' forward passes
+    assert all(synapse_noise(seed, 5, 8) is first[seed] for seed in reversed(range(4)))  # their backwards hit
+    for seed in range(4, 4 + noise._MEMO_ENTRIES):
+        synapse_noise(seed, 5, 8)
+    assert len(noise._recent_noise) == noise._MEMO_ENTRIES
+    again = synapse_noise(0, 5, 8)  # evicted, regenerated bit for bit
+    assert again is not first[0] and torch.equal(again, first[0])
+    offsets = torch.arange(5 * 64).view(5, 8, 8)
+    assert torch.equal(again, noise.synapse_randn(0, offsets))
+    assert torch.equal(noise.synapse_randn(0, offsets), noise.synapse_randn(0, offsets.view(-1)).view(5, 8, 8))
+
+
 def test_backward_regenerates_forward_noise(cpu_method):
     m, _ = build(64, 64, 16, 0.5, 0.6, torch.float64)
     x = torch.eye(64, dtype=torch.float64, requires_grad=True)

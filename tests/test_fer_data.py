@@ -64,6 +64,27 @@ def test_blur_mismatch_is_reported(tmp_path):
     assert any("sharpness" in w for w in data.check())
 
 
+def test_limit_train_and_hold_out_are_stratified_seeded_and_disjoint(tmp_path):
+    write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=10)
+    data = load_fer2013(str(tmp_path / "tiny.csv"))
+    small = data.limit_train(35, seed=3)
+    assert torch.bincount(small.labels["train"], minlength=7).tolist() == [5] * 7
+    assert torch.equal(small.images["train"], data.limit_train(35, seed=3).images["train"])
+    assert not torch.equal(small.images["train"], data.limit_train(35, seed=4).images["train"])
+    assert data.limit_train(10_000) is data  # asking for more than there is keeps everything
+    split = data.hold_out(0.2, seed=1)
+    assert torch.bincount(split.labels["holdout"], minlength=7).tolist() == [2] * 7
+    assert split.labels["train"].numel() == 56 and split.labels["public_test"].numel() == 70
+    train_rows = {bytes(im.numpy()) for im in split.images["train"]}
+    assert not train_rows & {bytes(im.numpy()) for im in split.images["holdout"]}
+    assert len(train_rows) + split.labels["holdout"].numel() == 70
+    assert repr(split).startswith("FER2013(train=56, public_test=70, private_test=70, holdout=14")
+    with pytest.raises(ValueError, match="holdout must be in"):
+        data.hold_out(1.0)
+    with pytest.raises(ValueError, match="train_images must be >= 1"):
+        data.limit_train(0)
+
+
 def test_equalisation_is_invariant_to_monotone_intensity_changes():
     x = torch.randint(0, 200, (4, 48, 48), dtype=torch.uint8)
     a, b = to_float(x), to_float((x.float() * 1.2 + 10).to(torch.uint8))

@@ -95,6 +95,18 @@ def test_quick_mode_and_errors(tiny_csv, tmp_path):
         TrainConfig.from_dict({"epoch": 3})
 
 
+def test_reduced_budget_with_a_hold_out_split(tiny_csv, tmp_path):
+    res = train(cfg(tiny_csv, tmp_path, train_images=14, holdout=0.25, select_on="holdout"))
+    assert res["split_sizes"]["train"] == 14 and res["split_sizes"]["holdout"] == 7
+    assert res["selected_on"] == "holdout" and 0 <= res["holdout"]["accuracy"] <= 1
+    assert res["holdout"]["n"] == 7 and res["private_test"]["n"] == 28
+    assert "holdout_acc" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="needs holdout > 0"):
+        train(cfg(tiny_csv, tmp_path, select_on="holdout"))
+    with pytest.raises(ValueError, match="select_on must be"):
+        train(cfg(tiny_csv, tmp_path, select_on="private_test"))
+
+
 def _cli_config(tmp_path):
     conf = tmp_path / "conf.json"
     conf.write_text(json.dumps({"epochs": 1, "batch_size": 8, "model_config": TINY_MODEL}))

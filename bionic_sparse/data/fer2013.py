@@ -51,13 +51,35 @@ def default_data_path() -> str:
     return os.environ.get(ENV_VAR, os.path.join("data", "fer2013"))
 
 
-@dataclass
+def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of ``n`` samples, drawn per class in proportion to the class counts
+    (largest-remainder rounding), seeded."""
+    if not 0 <= n <= labels.numel():
+        raise ValueError(f"n must be in [0, {labels.numel()}], got {n}")
+    counts = torch.bincount(labels, minlength=len(CLASSES)).double()
+    exact = counts * n / max(labels.numel(), 1)
+    quota = exact.floor().long()
+    short = n - int(quota.sum())
+    quota[torch.argsort(exact - quota, descending=True)[:short]] += 1
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in range(len(CLASSES)):
+        idx = torch.nonzero(labels == c).flatten()
+        picked.append(idx[torch.randperm(idx.numel(), generator=g)[: int(quota[c])]])
+    return torch.cat(picked).sort().values
+
+
+@dataclass(repr=False)
 class FER2013:
     """In-memory FER-2013: ``images[split]`` uint8 ``[N, 48, 48]``, ``labels[split]`` int64 ``[N]``."""
 
     images: dict[str, torch.Tensor]
     labels: dict[str, torch.Tensor]
     source: str
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{s}={y.numel()}" for s, y in self.labels.items())
+        return f"FER2013({sizes}, source={self.source!r})"
 
     def class_counts(self) -> dict[str, list[int]]:
         return {s: torch.bincount(y, minlength=len(CLASSES)).tolist() for s, y in self.labels.items()}
@@ -111,6 +133,34 @@ class FER2013:
             idx = torch.randperm(self.labels[s].numel(), generator=g)[:n_per_split]
             images[s], labels[s] = self.images[s][idx], self.labels[s][idx]
         return FER2013(images, labels, self.source + f" (subset {n_per_split}/split)")
+
+    def limit_train(self, n: int, seed: int = 0) -> FER2013:
+        """Keep ``n`` training images (stratified by class, seeded): reduced-budget runs."""
+        if n < 1:
+            raise ValueError(f"train_images must be >= 1, got {n}")
+        if n >= self.labels["train"].numel():
+            return self
+        idx = _stratified(self.labels["train"], n, seed)
+        images, labels = dict(self.images), dict(self.labels)
+        images["train"], labels["train"] = self.images["train"][idx], self.labels["train"][idx]
+        return FER2013(images, labels, self.source + f" (train limited to {n})")
+
+    def hold_out(self, fraction: float, seed: int = 0) -> FER2013:
+        """Move a stratified, seeded ``fraction`` of ``train`` into a ``holdout`` split: a validation
+        set from the training distribution (the data README allows selecting on it)."""
+        if not 0 < fraction < 1:
+            raise ValueError(f"holdout must be in (0, 1), got {fraction}")
+        y = self.labels["train"]
+        n = int(round(fraction * y.numel()))
+        if n < 1 or n >= y.numel():
+            raise ValueError(f"holdout={fraction} of {y.numel()} training images leaves an empty split")
+        held = _stratified(y, n, seed + 7919)  # its own stream: limit_train and hold_out are independent
+        keep = torch.ones(y.numel(), dtype=torch.bool)
+        keep[held] = False
+        images, labels = dict(self.images), dict(self.labels)
+        images["train"], labels["train"] = self.images["train"][keep], y[keep]
+        images["holdout"], labels["holdout"] = self.images["train"][held], y[held]
+        return FER2013(images, labels, self.source + f" (holdout {fraction:g} of train)")
 
 
 def _open_text(path: str):

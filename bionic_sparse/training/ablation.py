@@ -143,8 +143,19 @@ def _gpu_count() -> int:
         return 0
 
 
+# result split -> (csv column, label); the report has one block per metric any run produced
+METRICS = {
+    "holdout": ("holdout_acc", "hold-out %"),
+    "private_test": ("private_acc", "PrivateTest %"),
+}
+
+
 def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
-    """Write ablations.csv / .md / .png from the run folders; returns the markdown."""
+    """Write ablations.csv / .md / .png from the run folders; returns the markdown.
+
+    Metrics: PrivateTest accuracy, and the accuracy on the hold-out part of Training when the
+    runs used ``holdout`` > 0 (in-distribution when the test images differ from the training ones).
+    """
     records = []
     for spec, row in zip(specs, rows, strict=True):
         rec = {
@@ -153,6 +164,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "status": row["status"],
             "private_acc": "",
             "public_acc": "",
+            "holdout_acc": "",
             "epochs": "",
             "seconds": f"{row['seconds']:.1f}",
             "dir": spec.out,
@@ -161,7 +173,10 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             with open(os.path.join(spec.out, "results.json")) as f:
                 r = json.load(f)
             rec.update(
-                private_acc=r["private_test"]["accuracy"], public_acc=r["public_test"]["accuracy"], epochs=r["epochs"]
+                private_acc=r["private_test"]["accuracy"],
+                public_acc=r["public_test"]["accuracy"],
+                holdout_acc=r["holdout"]["accuracy"] if "holdout" in r else "",
+                epochs=r["epochs"],
             )
         records.append(rec)
     os.makedirs(out, exist_ok=True)
@@ -170,61 +185,81 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
         w.writeheader()
         w.writerows(records)
 
-    acc: dict[str, dict[int, float]] = {}
-    for rec in records:
-        if rec["private_acc"] != "":
-            acc.setdefault(rec["variant"], {})[rec["seed"]] = 100 * float(rec["private_acc"])
-    lines = [
-        "| variant | runs | PrivateTest % (mean ± std) | Δ vs full (points) | paired t-test p |",
-        "|---|---|---|---|---|",
-    ]
-    full = acc.get("full", {})
-    for variant in dict.fromkeys(r["variant"] for r in records):
-        vals = acc.get(variant, {})
-        if not vals:
-            lines.append(f"| {variant} | 0 | - | - | - |")
-            continue
-        mean = statistics.mean(vals.values())
-        sd = statistics.stdev(vals.values()) if len(vals) > 1 else 0.0
-        delta, p = "-", "-"
-        common = sorted(set(vals) & set(full))
-        if variant != "full" and common:
-            diffs = [vals[s] - full[s] for s in common]
-            delta = f"{statistics.mean(diffs):+.2f}"
-            if len(common) > 1:
-                from scipy.stats import ttest_rel
-
-                p = f"{ttest_rel([vals[s] for s in common], [full[s] for s in common]).pvalue:.3g}"
-        lines.append(f"| {variant} | {len(vals)} | {mean:.2f} ± {sd:.2f} | {delta} | {p} |")
+    variants = list(dict.fromkeys(r["variant"] for r in records))
+    per_metric: dict[str, dict[str, dict[int, float]]] = {}
+    for split, (column, _) in METRICS.items():
+        acc: dict[str, dict[int, float]] = {}
+        for rec in records:
+            if rec[column] != "":
+                acc.setdefault(rec["variant"], {})[rec["seed"]] = 100 * float(rec[column])
+        if acc:
+            per_metric[split] = acc
+    header = "| variant | runs |"
+    rule = "|---|---|"
+    for split in per_metric:
+        label = METRICS[split][1]
+        header += f" {label} (mean ± std) | Δ vs full (points) | paired t-test p |"
+        rule += "---|---|---|"
+    lines = [header, rule]
+    for variant in variants:
+        runs = max((len(acc.get(variant, {})) for acc in per_metric.values()), default=0)
+        cells = [variant, str(runs)]
+        for acc in per_metric.values():
+            cells += _stats_cells(acc.get(variant, {}), acc.get("full", {}), variant == "full")
+        lines.append("| " + " | ".join(cells) + " |")
     failed = [f"{r['variant']}/seed{r['seed']}: {r['status']}" for r in records if r["status"].startswith("failed")]
     if failed:
         lines += ["", "Failed runs (see their run.log; the next call runs them again): " + ", ".join(failed)]
     md = "\n".join(lines)
     with open(os.path.join(out, "ablations.md"), "w") as f:
         f.write(md + "\n")
-    _bar_chart(os.path.join(out, "ablations.png"), acc)
+    _bar_chart(os.path.join(out, "ablations.png"), per_metric)
     return md
 
 
-def _bar_chart(path: str, acc: dict[str, dict[int, float]]) -> None:
-    if not acc:
+def _stats_cells(vals: dict[int, float], full: dict[int, float], is_full: bool) -> list[str]:
+    """mean ± std, mean paired difference to the full model, paired t-test p (seeds both have)."""
+    if not vals:
+        return ["-", "-", "-"]
+    mean = statistics.mean(vals.values())
+    sd = statistics.stdev(vals.values()) if len(vals) > 1 else 0.0
+    delta, p = "-", "-"
+    common = sorted(set(vals) & set(full))
+    if not is_full and common:
+        diffs = [vals[s] - full[s] for s in common]
+        delta = f"{statistics.mean(diffs):+.2f}"
+        if len(common) > 1:
+            from scipy.stats import ttest_rel
+
+            p = f"{ttest_rel([vals[s] for s in common], [full[s] for s in common]).pvalue:.3g}"
+    return [f"{mean:.2f} ± {sd:.2f}", delta, p]
+
+
+def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
+    if not per_metric:
         return
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(acc)
-    means = [statistics.mean(acc[n].values()) for n in names]
-    sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 4))
-    colours = ["tab:green" if n == "full" else "tab:gray" if n == "baseline" else "tab:blue" for n in names]
-    ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colours)
-    for i, n in enumerate(names):
-        ax.scatter([i] * len(acc[n]), list(acc[n].values()), color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_ylabel("PrivateTest accuracy (%)")
-    ax.set_title("BioNIC ablations (mean ± std over seeds; dots are seeds)")
+    n_variants = max(len(acc) for acc in per_metric.values())
+    fig, axes = plt.subplots(
+        1, len(per_metric), figsize=(len(per_metric) * max(5, 0.6 * n_variants + 2), 4), squeeze=False
+    )
+    for ax, (split, acc) in zip(axes[0], per_metric.items(), strict=True):
+        names = list(acc)
+        means = [statistics.mean(acc[n].values()) for n in names]
+        sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]
+        colours = ["tab:green" if n == "full" else "tab:gray" if n == "baseline" else "tab:blue" for n in names]
+        ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colours)
+        for i, n in enumerate(names):
+            ax.scatter([i] * len(acc[n]), list(acc[n].values()), color="k", s=8, zorder=3)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel(f"{METRICS[split][1].rstrip(' %')} accuracy (%)")
+        lo = min(min(acc[n].values()) for n in names)
+        ax.set_ylim(max(0.0, lo - 5), None)
+    fig.suptitle("BioNIC ablations (mean ± std over seeds; dots are seeds)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

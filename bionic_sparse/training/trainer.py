@@ -4,7 +4,9 @@ One run = one output directory with ``config.json``, ``metrics.csv`` (one row pe
 ``last.pt`` / ``best.pt`` (written atomically every epoch; ``resume=True`` continues from
 ``last.pt``), ``results.json`` (PublicTest and PrivateTest accuracy overall and per class, timing,
 versions, seed), ``confusion_matrix.png`` and ``learning_curves.png``. Model selection uses
-PublicTest; PrivateTest is evaluated once, with the best checkpoint.
+PublicTest (or, with ``holdout`` > 0 and ``select_on="holdout"``, a stratified part of Training);
+PrivateTest is evaluated once, with the best checkpoint. ``train_images`` keeps a stratified
+subset of Training for reduced-budget runs (the ablation grid).
 
 Multi-process: launched by ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
 DistributedDataParallel (gloo on CPU, nccl on GPU), every rank trains on its shard of each
@@ -51,6 +53,9 @@ class TrainConfig:
     data: str | None = None
     out: str = "runs/fer"
     quick: bool = False  # a few hundred images, one epoch
+    train_images: int | None = None  # train on this many (after the hold-out; stratified, seeded): reduced budgets
+    holdout: float = 0.0  # fraction of Training held out (stratified, seeded) as an in-distribution split
+    select_on: str = "public_test"  # split for model selection: "public_test" or "holdout"
     resume: bool = False
     tensorboard: bool = False
     model_config: BioNICConfig = field(default_factory=BioNICConfig)
@@ -159,6 +164,10 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
         raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
     if cfg.optimizer not in ("adamw", "sgd"):
         raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
+    if cfg.select_on not in ("public_test", "holdout"):
+        raise ValueError(f"select_on must be 'public_test' or 'holdout', got {cfg.select_on!r}")
+    if cfg.select_on == "holdout" and not cfg.holdout > 0:
+        raise ValueError("select_on='holdout' needs holdout > 0 (the fraction of Training to hold out)")
     rank, world = _dist()
     device = _device(cfg.device)
     if world > 1 and device.type == "cuda":
@@ -171,6 +180,11 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
     if cfg.quick:
         data = data.subset(300, seed=cfg.seed)
         epochs = 1
+    if cfg.holdout > 0:  # before limiting: the hold-out keeps its size when the training budget shrinks
+        data = data.hold_out(cfg.holdout, seed=cfg.seed)
+    if cfg.train_images is not None:
+        data = data.limit_train(cfg.train_images, seed=cfg.seed)
+    eval_splits = ["public_test"] + (["holdout"] if "holdout" in data.labels else [])
     data_warnings = data.check()
     if rank == 0:
         print(data.describe())
@@ -248,12 +262,14 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
             loss_sum += float(loss.detach()) * y.numel()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         seconds = time.perf_counter() - t0
-        public = evaluate(model, data.images["public_test"], data.labels["public_test"], device)
+        accs = {s: evaluate(model, data.images[s], data.labels[s], device)["accuracy"] for s in eval_splits}
+        selection_acc = accs[cfg.select_on]
         row = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1),
-            "public_acc": public["accuracy"],
+            "public_acc": accs["public_test"],
+            **({"holdout_acc": accs["holdout"]} if "holdout" in accs else {}),
             "lr": sched.get_last_lr()[0],
             "seconds": seconds,
             "images_per_s": seen * world / max(seconds, 1e-9),
@@ -262,7 +278,9 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
         if rank == 0:
             print(
                 f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-                f"public {row['public_acc']:.4f} ({row['images_per_s']:.0f} img/s)"
+                f"public {row['public_acc']:.4f}"
+                + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
+                + f" ({row['images_per_s']:.0f} img/s)"
             )
             if writer is not None:
                 for k, v in row.items():
@@ -272,44 +290,49 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
                 "epoch": epoch,
-                "best_acc": max(best_acc, public["accuracy"]),
+                "best_acc": max(best_acc, selection_acc),
                 "history": history,
                 "config": cfg.to_dict(),
             }
-            if public["accuracy"] > best_acc:
+            if selection_acc > best_acc:
                 _save_atomic(ckpt, best_path)
             _save_atomic(ckpt, last_path)
             _write_metrics(os.path.join(cfg.out, "metrics.csv"), history)
-        best_acc = max(best_acc, public["accuracy"])
+        best_acc = max(best_acc, selection_acc)
 
     results = {}
     if rank == 0:
         if os.path.exists(best_path):
             model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
         results = {
-            "public_test": evaluate(model, data.images["public_test"], data.labels["public_test"], device, tta=cfg.tta),
-            "private_test": evaluate(
-                model, data.images["private_test"], data.labels["private_test"], device, tta=cfg.tta
-            ),
-            "best_public_epoch_acc": best_acc,
-            "epochs": epochs,
-            "history": history,
-            "seed": cfg.seed,
-            "config": cfg.to_dict(),
-            "versions": _versions(),
-            "device": str(device),
-            "world_size": world,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "n_parameters": sum(p.numel() for p in model.parameters()),
-            "data_source": data.source,
-            "data_warnings": data_warnings,
+            s: evaluate(model, data.images[s], data.labels[s], device, tta=cfg.tta)
+            for s in [*eval_splits, "private_test"]
         }
+        results.update(
+            {
+                "selected_on": cfg.select_on,
+                "best_selection_acc": best_acc,
+                "epochs": epochs,
+                "history": history,
+                "seed": cfg.seed,
+                "config": cfg.to_dict(),
+                "versions": _versions(),
+                "device": str(device),
+                "world_size": world,
+                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "n_parameters": sum(p.numel() for p in model.parameters()),
+                "data_source": data.source,
+                "data_warnings": data_warnings,
+                "split_sizes": {s: y.numel() for s, y in data.labels.items()},
+            }
+        )
         with open(os.path.join(cfg.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
         _plots(cfg.out, history, results["private_test"]["confusion"])
         print(
             f"PublicTest {results['public_test']['accuracy']:.4f}, "
-            f"PrivateTest {results['private_test']['accuracy']:.4f} -> {cfg.out}/results.json"
+            + (f"hold-out {results['holdout']['accuracy']:.4f}, " if "holdout" in results else "")
+            + f"PrivateTest {results['private_test']['accuracy']:.4f} -> {cfg.out}/results.json"
         )
     if writer is not None:
         writer.close()
@@ -353,6 +376,8 @@ def _plots(out: str, history: list[dict], confusion: list[list[int]]) -> None:
         ep = [h["epoch"] for h in history]
         ax.plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
         ax.plot(ep, [h["public_acc"] for h in history], label="PublicTest")
+        if "holdout_acc" in history[0]:
+            ax.plot(ep, [h["holdout_acc"] for h in history], label="hold-out (from Training)")
         ax.set_xlabel("epoch")
         ax.set_ylabel("accuracy")
         ax.legend()

@@ -21,6 +21,7 @@ def small(**kw) -> BioNICConfig:
     [
         {},
         {"masks": "dense"},
+        {"masks": "none"},
         {"masks": "random"},
         {"masks": "shuffled_laminae"},
         {"signed": False},
@@ -48,7 +49,11 @@ def test_every_switch_builds_and_trains_a_step(kw):
         w = layer.values if isinstance(layer, SparseConnectomeLinear) else layer.weight
         if layer.sign is not None:
             assert (w >= 0).all(), "Dale: magnitudes stay non-negative"
-    if kw.get("masks") == "dense":
+    if kw.get("masks") == "dense":  # all-to-all, but still signed, noisy and plastic
+        layers = model.connectome_layers()
+        assert layers and all(bool(layer.matrix.to_dense_mask().all()) for layer in layers)
+        assert all(layer.sign is not None and layer.noise_sigma > 0 for layer in layers)
+    if kw.get("masks") == "none":
         assert not model.connectome_layers()
         assert all(isinstance(m, torch.nn.Linear) for m in model.laminar)
 

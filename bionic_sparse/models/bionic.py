@@ -15,7 +15,7 @@ from ..nn import MaskedLinear, SparseConnectomeLinear
 __all__ = ["BioNICConfig", "BioNIC", "ConventionalBaseline", "N_CLASSES"]
 
 N_CLASSES = 7
-MASK_KINDS = ("connectome", "dense", "random", "shuffled_laminae")
+MASK_KINDS = ("connectome", "dense", "random", "shuffled_laminae", "none")
 
 
 @dataclass
@@ -27,7 +27,9 @@ class BioNICConfig:
     pathway: tuple[str, ...] = ("L4", "L23", "L5", "L6")
     units_per_neuron: int = 16
     block_size: int = 16
-    masks: str = "connectome"  # one of MASK_KINDS ("dense": no masks at all)
+    # one of MASK_KINDS. "dense": all-to-all laminar layers that keep the biology (Dale signs,
+    # noise, plasticity); "none": plain nn.Linear layers without any of it (the baseline).
+    masks: str = "connectome"
     signed: bool = True  # Dale's law with graded inhibition
     g_inh: float = 1.0
     noise_sigma: float = 0.05
@@ -115,13 +117,13 @@ class BioNIC(nn.Module):
         self.laminar = nn.ModuleList()
         for lm in stack.layers:
             n_out, n_in = lm.shape
-            if cfg.masks == "dense":
+            if cfg.masks == "none":
                 self.laminar.append(nn.Linear(n_in, n_out))
                 continue
             layer = SparseConnectomeLinear(
                 n_in,
                 n_out,
-                mask=lm.mask,
+                mask=None if cfg.masks == "dense" else lm.mask,  # None: every block present
                 block_size=cfg.block_size,
                 sign=lm.sign if cfg.signed else None,
                 noise_sigma=cfg.noise_sigma,
@@ -160,5 +162,5 @@ class BioNIC(nn.Module):
 def ConventionalBaseline(cfg: BioNICConfig | None = None) -> BioNIC:  # noqa: N802 (a model factory, used like a class)
     """Same front end and widths as BioNIC, dense unsigned layers, no noise, no plasticity."""
     base = (cfg or BioNICConfig()).to_dict()
-    base.update(masks="dense", signed=False, noise_sigma=0.0, hebbian_eta=0.0, homeostasis_rate=0.0)
+    base.update(masks="none", signed=False, noise_sigma=0.0, hebbian_eta=0.0, homeostasis_rate=0.0)
     return BioNIC(BioNICConfig.from_dict(base))

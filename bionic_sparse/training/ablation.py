@@ -114,7 +114,8 @@ def run_ablations(
 
     def work(i_spec):
         i, spec = i_spec
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+        # run.log is a file, not a terminal: one progress line every 30 s instead of every step
+        env = {"TQDM_MININTERVAL": "30", **os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
         return _launch(spec, _run_config(base, spec.variant, spec.seed, spec.out, table), env)

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from bionic_sparse.data.fer2013 import write_fer_csv
-from bionic_sparse.training.ablation import VARIANTS, run_ablations
+from bionic_sparse.training.ablation import VARIANTS, RunSpec, run_ablations, summarize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = {
@@ -46,6 +46,26 @@ def test_grid_covers_the_design():
         "baseline",
     }
     assert set(VARIANTS) == expected
+
+
+def test_report_statistics(tmp_path):
+    accs = {"full": [0.40, 0.42, 0.44], "no_noise": [0.38, 0.41, 0.41], "unsigned": [0.39, 0.41, 0.43]}
+    specs, rows = [], []
+    for variant, values in accs.items():
+        for seed, acc in enumerate(values):
+            spec = RunSpec(variant, seed, str(tmp_path / variant / f"seed{seed}"))
+            os.makedirs(spec.out)
+            result = {"private_test": {"accuracy": acc}, "public_test": {"accuracy": acc}, "epochs": 1}
+            (tmp_path / variant / f"seed{seed}" / "results.json").write_text(json.dumps(result))
+            specs.append(spec)
+            rows.append({"status": "done", "seconds": 1.0})
+    md = summarize(str(tmp_path), specs, rows).splitlines()
+    assert md[0].count("PrivateTest %") == 1 and "hold-out" not in md[0]  # no run had a hold-out split
+    full, no_noise, unsigned = md[2], md[3], md[4]
+    assert full == "| full | 3 | 42.00 ± 2.00 | - | - |"
+    assert no_noise.startswith("| no_noise | 3 | 40.00 ± 1.73 | -2.00 | ")
+    assert float(no_noise.split("|")[5]) > 0.05  # differences -2, -1, -3: not significant with 3 seeds
+    assert unsigned == "| unsigned | 3 | 41.00 ± 2.00 | -1.00 | < 0.001 |"  # -1 on every seed: t = inf
 
 
 def test_resume_and_crash_tolerance(tiny_csv, tmp_path):

@@ -19,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -232,7 +233,11 @@ def _stats_cells(vals: dict[int, float], full: dict[int, float], is_full: bool) 
         if len(common) > 1:
             from scipy.stats import ttest_rel
 
-            p = f"{ttest_rel([vals[s] for s in common], [full[s] for s in common]).pvalue:.3g}"
+            with warnings.catch_warnings():  # near-identical differences: scipy warns, p is ~0 anyway
+                warnings.simplefilter("ignore", RuntimeWarning)
+                pvalue = float(ttest_rel([vals[s] for s in common], [full[s] for s in common]).pvalue)
+            # identical differences on every seed give t = inf (p = 0) or 0/0: no test to report
+            p = "-" if pvalue != pvalue else "< 0.001" if pvalue < 1e-3 else f"{pvalue:.3g}"
     return [f"{mean:.2f} ± {sd:.2f}", delta, p]
 
 

@@ -55,7 +55,7 @@ def test_report_statistics(tmp_path):
         for seed, acc in enumerate(values):
             spec = RunSpec(variant, seed, str(tmp_path / variant / f"seed{seed}"))
             os.makedirs(spec.out)
-            result = {"private_test": {"accuracy": acc}, "public_test": {"accuracy": acc}, "epochs": 1}
+            result = {"private_test": {"accuracy": acc}, "public_test": {"accuracy": acc}, "epochs": 1, "history": []}
             (tmp_path / variant / f"seed{seed}" / "results.json").write_text(json.dumps(result))
             specs.append(spec)
             rows.append({"status": "done", "seconds": 1.0})

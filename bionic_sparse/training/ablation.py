@@ -106,7 +106,7 @@ def run_ablations(
     specs = [RunSpec(v, s, os.path.join(out, v, f"seed{s}")) for v in names for s in seeds]
     todo = [sp for sp in specs if not sp.done]
     statuses = {
-        (sp.variant, sp.seed): {"variant": sp.variant, "seed": sp.seed, "status": "done (skipped)", "seconds": 0.0}
+        (sp.variant, sp.seed): {"variant": sp.variant, "seed": sp.seed, "status": "done (skipped)", "seconds": None}
         for sp in specs
         if sp.done
     }
@@ -168,7 +168,8 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "public_acc": "",
             "holdout_acc": "",
             "epochs": "",
-            "seconds": f"{row['seconds']:.1f}",
+            "wall_seconds": "" if row["seconds"] is None else f"{row['seconds']:.1f}",  # this call's process
+            "train_seconds": "",  # the run's training epochs, from its results.json
             "dir": spec.out,
         }
         if spec.done:
@@ -179,6 +180,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 public_acc=r["public_test"]["accuracy"],
                 holdout_acc=r["holdout"]["accuracy"] if "holdout" in r else "",
                 epochs=r["epochs"],
+                train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
             )
         records.append(rec)
     os.makedirs(out, exist_ok=True)
@@ -251,9 +253,9 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
 
     n_variants = max(len(acc) for acc in per_metric.values())
     fig, axes = plt.subplots(
-        1, len(per_metric), figsize=(len(per_metric) * max(5, 0.6 * n_variants + 2), 4), squeeze=False
+        len(per_metric), 1, figsize=(max(5, 0.6 * n_variants + 2), 3.6 * len(per_metric) + 0.6), squeeze=False
     )
-    for ax, (split, acc) in zip(axes[0], per_metric.items(), strict=True):
+    for ax, (split, acc) in zip(axes[:, 0], per_metric.items(), strict=True):
         names = list(acc)
         means = [statistics.mean(acc[n].values()) for n in names]
         sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]

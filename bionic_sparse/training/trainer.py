@@ -260,7 +260,7 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
             seen += y.numel()
             correct += int((logits.argmax(-1) == y).sum())
             loss_sum += float(loss.detach()) * y.numel()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         seconds = time.perf_counter() - t0
         accs = {s: evaluate(model, data.images[s], data.labels[s], device)["accuracy"] for s in eval_splits}
         selection_acc = accs[cfg.select_on]

@@ -179,3 +179,10 @@ def test_ddp_two_gloo_processes(tiny_csv, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     saved = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert saved["world_size"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))))
+def test_shipped_configs_are_valid(name):
+    with open(os.path.join(os.path.dirname(__file__), "..", "configs", name)) as f:
+        cfg = TrainConfig.from_dict(json.load(f))
+    assert cfg.model_config.masks == "connectome"  # the full model; the runner applies the variants

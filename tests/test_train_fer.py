@@ -113,25 +113,17 @@ def _cli_config(tmp_path):
     return conf
 
 
+def _train_fer_args(conf, data: str, out) -> list[str]:
+    """``scripts/train_fer.py --sparse`` on CPU with a config file, data and output folder."""
+    script = os.path.join(ROOT, "scripts", "train_fer.py")
+    return [script, "--sparse", "--config", str(conf), "--data", data, "--out", str(out), "--device", "cpu"]
+
+
 def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
     conf = _cli_config(tmp_path)
     out = tmp_path / "run"
     proc = subprocess.run(
-        [
-            sys.executable,
-            os.path.join(ROOT, "scripts", "train_fer.py"),
-            "--sparse",
-            "--config",
-            str(conf),
-            "--data",
-            tiny_csv,
-            "--out",
-            str(out),
-            "--seed",
-            "3",
-            "--device",
-            "cpu",
-        ],
+        [sys.executable, *_train_fer_args(conf, tiny_csv, out), "--seed", "3"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -160,16 +152,7 @@ def test_ddp_two_gloo_processes(tiny_csv, tmp_path):
             "2",
             "--master_port",
             "29533",
-            os.path.join(ROOT, "scripts", "train_fer.py"),
-            "--sparse",
-            "--config",
-            str(conf),
-            "--data",
-            tiny_csv,
-            "--out",
-            str(tmp_path / "ddp"),
-            "--device",
-            "cpu",
+            *_train_fer_args(conf, tiny_csv, tmp_path / "ddp"),
         ],
         capture_output=True,
         text=True,
@@ -181,8 +164,8 @@ def test_ddp_two_gloo_processes(tiny_csv, tmp_path):
     assert saved["world_size"] == 2
 
 
-@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(os.path.dirname(__file__), "..", "configs"))))
+@pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_shipped_configs_are_valid(name):
-    with open(os.path.join(os.path.dirname(__file__), "..", "configs", name)) as f:
+    with open(os.path.join(ROOT, "configs", name)) as f:
         cfg = TrainConfig.from_dict(json.load(f))
     assert cfg.model_config.masks == "connectome"  # the full model; the runner applies the variants

@@ -141,9 +141,7 @@ class FER2013:
         if n >= self.labels["train"].numel():
             return self
         idx = _stratified(self.labels["train"], n, seed)
-        images, labels = dict(self.images), dict(self.labels)
-        images["train"], labels["train"] = self.images["train"][idx], self.labels["train"][idx]
-        return FER2013(images, labels, self.source + f" (train limited to {n})")
+        return self._with_splits(f"train limited to {n}", train=idx)
 
     def hold_out(self, fraction: float, seed: int = 0) -> FER2013:
         """Move a stratified, seeded ``fraction`` of ``train`` into a ``holdout`` split: a validation
@@ -157,10 +155,14 @@ class FER2013:
         held = _stratified(y, n, seed + 7919)  # its own stream: limit_train and hold_out are independent
         keep = torch.ones(y.numel(), dtype=torch.bool)
         keep[held] = False
+        return self._with_splits(f"holdout {fraction:g} of train", train=keep, holdout=held)
+
+    def _with_splits(self, note: str, **from_train: torch.Tensor) -> FER2013:
+        """A copy whose named splits are ``train`` indexed by the given index/bool tensors."""
         images, labels = dict(self.images), dict(self.labels)
-        images["train"], labels["train"] = self.images["train"][keep], y[keep]
-        images["holdout"], labels["holdout"] = self.images["train"][held], y[held]
-        return FER2013(images, labels, self.source + f" (holdout {fraction:g} of train)")
+        for split, idx in from_train.items():
+            images[split], labels[split] = self.images["train"][idx], self.labels["train"][idx]
+        return FER2013(images, labels, f"{self.source} ({note})")
 
 
 def _open_text(path: str):

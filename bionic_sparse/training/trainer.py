@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data.fer2013 import CLASSES, FER2013, augment_batch, load_fer2013, ten_crop_logits, to_float
+from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
 from ..models.bionic import BioNIC, BioNICConfig, ConventionalBaseline
 
 __all__ = ["TrainConfig", "train", "evaluate"]
@@ -175,11 +175,12 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
         torch.cuda.set_device(device)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out, exist_ok=True)
-    data = data or load_fer2013(cfg.data, seed=cfg.seed)
-    epochs = cfg.epochs
-    if cfg.quick:
-        data = data.subset(300, seed=cfg.seed)
-        epochs = 1
+    epochs = 1 if cfg.quick else cfg.epochs
+    quick_n = 300 if cfg.quick else None
+    data = data.head(quick_n) if data is not None and quick_n else data or load_fer2013(cfg.data, cfg.seed, quick_n)
+    for split in ("train", "public_test", "private_test"):
+        if data.labels.get(split) is None or data.labels[split].numel() == 0:
+            raise DataError(f"{data.source}: the {split} split has no images; training needs train, public_test and private_test")
     if cfg.holdout > 0:  # before limiting: the hold-out keeps its size when the training budget shrinks
         data = data.hold_out(cfg.holdout, seed=cfg.seed)
     if cfg.train_images is not None:
@@ -304,10 +305,11 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
     if rank == 0:
         if os.path.exists(best_path):
             model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-        results = {
-            s: evaluate(model, data.images[s], data.labels[s], device, tta=cfg.tta)
-            for s in [*eval_splits, "private_test"]
-        }
+        results = {s: evaluate(model, data.images[s], data.labels[s], device) for s in [*eval_splits, "private_test"]}
+        if cfg.tta:  # ten-crop columns beside the plain ones, from the same checkpoint
+            results.update(
+                {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True) for s in list(results)}
+            )
         results.update(
             {
                 "selected_on": cfg.select_on,
@@ -322,6 +324,8 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "n_parameters": sum(p.numel() for p in model.parameters()),
                 "data_source": data.source,
+                "data_file": os.path.basename(data.file) if data.file else None,
+                "data_md5": file_md5(data.file) if data.file else None,
                 "data_warnings": data_warnings,
                 "split_sizes": {s: y.numel() for s, y in data.labels.items()},
             }
@@ -332,7 +336,9 @@ def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
         print(
             f"PublicTest {results['public_test']['accuracy']:.4f}, "
             + (f"hold-out {results['holdout']['accuracy']:.4f}, " if "holdout" in results else "")
-            + f"PrivateTest {results['private_test']['accuracy']:.4f} -> {cfg.out}/results.json"
+            + f"PrivateTest {results['private_test']['accuracy']:.4f}"
+            + (f" (ten-crop {results['private_test_tta']['accuracy']:.4f})" if cfg.tta else "")
+            + f" -> {cfg.out}/results.json"
         )
     if writer is not None:
         writer.close()

@@ -1,0 +1,71 @@
+"""Image transforms for FER-2013 batches: normalisation, per-sample augmentation on the device,
+and ten-crop test-time augmentation. Everything works on whole batches, so data preparation is
+never the bottleneck of training."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["to_float", "augment_batch", "ten_crop_logits"]
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, 48, 48]`` -> float ``[B, 1, 48, 48]``: per-image histogram equalisation (each
+    pixel becomes its mid-rank quantile in its image), scaled to zero mean and unit variance.
+
+    NOTE: invariant to any monotone intensity change, so copies of FER-2013 that differ in
+    brightness, contrast or gamma (re-encoded JPEGs, equalised re-distributions) give the model
+    the same input.
+    """
+    b = images.shape[0]
+    flat = images.reshape(b, -1).long()
+    hist = torch.zeros(b, 256, dtype=torch.float32, device=images.device)
+    hist.scatter_add_(1, flat, torch.ones_like(flat, dtype=torch.float32))
+    below = hist.cumsum(1) - hist  # pixels strictly darker than each value
+    mid_rank = below + (hist - 1) / 2  # ties share their mean rank
+    q = torch.gather(mid_rank, 1, flat) / max(flat.shape[1] - 1, 1)
+    return ((q - 0.5) / 0.2887).view(b, 1, *images.shape[1:])
+
+
+def augment_batch(
+    x: torch.Tensor,
+    generator: torch.Generator | None = None,
+    max_shift: float = 4.0,
+    max_rotation_deg: float = 10.0,
+    flip: bool = True,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+) -> torch.Tensor:
+    """Per-sample random augmentation of a float batch ``[B, 1, H, W]`` on its own device: random
+    translation of up to ``max_shift`` pixels (the random crop with padding), horizontal flip,
+    rotation, brightness and contrast jitter, as one ``affine_grid`` + ``grid_sample``. The random
+    numbers come from ``generator`` on the CPU, so a run is reproducible on any device."""
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return (torch.rand(b, generator=generator) * (hi - lo) + lo).to(dev)
+
+    angle = uniform(-max_rotation_deg, max_rotation_deg) * math.pi / 180
+    sx = torch.where(uniform(0, 1) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+    tx, ty = uniform(-max_shift, max_shift) * 2 / w, uniform(-max_shift, max_shift) * 2 / h
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([cos * sx, -sin, tx], 1), torch.stack([sin * sx, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
+    br = uniform(-brightness, brightness).view(b, 1, 1, 1) * 4.0  # in units of the image std (x 4: as 0.2 of range)
+    return (out - mean) * c + mean + br
+
+
+def ten_crop_logits(model: torch.nn.Module, x: torch.Tensor, crop: int = 44) -> torch.Tensor:
+    """Test-time augmentation: mean logits over torchvision's ten crops (resized back to 48)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    crops = TF.ten_crop(x, [crop, crop])  # 10 x [B, 1, crop, crop]
+    logits = [model(F.interpolate(c, size=x.shape[-2:], mode="bilinear", align_corners=False)) for c in crops]
+    return torch.stack(logits).mean(0)

@@ -1,7 +1,7 @@
 """Backend choice for the block-sparse ops: the one place where dispatch thresholds live.
 
 CPU thresholds come from the training-step measurements in ``kernels.md`` section 6 (fp32,
-n = 4096, 2-core Xeon): the gather -> bmm -> index_add block kernel ("blockT") beats dense masked
+n = 4096, 2-core AMD EPYC): the gather -> bmm -> index_add block kernel ("blockT") beats dense masked
 matmul at every sparsity for b >= 32 (17.5 ms vs 90.6 ms at 90 % with b = 64), and for b = 16
 from about 90 % block sparsity (31.8 ms vs 88.5 ms at 95 %; 65.5 vs 90.6 at 90 %); below that,
 and for tiny blocks whose per-block bmm overhead dominates, the dense masked product wins.

@@ -88,7 +88,8 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
 
     Parameters and buffers: ``values[nnzb, b, b]`` (the ``nn.Parameter``), int32 index buffers
     ``crow, col, row, ccol_t, row_t, perm_t``, ``synapse_mask`` (or ``None``), ``sign`` (or
-    ``None``) and ``post_rate[out_features]`` (EMA of the mean output, for homeostasis).
+    ``None``) and ``post_rate[out_features]`` (EMA of the mean output, for homeostasis). The
+    noise counters ``noise_seed`` and ``noise_step`` are saved in ``state_dict`` (extra state).
     """
 
     def __init__(
@@ -199,6 +200,15 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         if self.record_activity and self.training:
             self.last_pre, self.last_post = x.detach(), y.detach()
         return y
+
+    def get_extra_state(self) -> dict:
+        # The noise counters are part of the state: a layer restored from a checkpoint continues
+        # the noise sequence instead of replaying step 0's. Python ints (not buffers), so the
+        # forward pass never reads a device tensor back to the host.
+        return {"noise_seed": self.noise_seed, "noise_step": self.noise_step}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.noise_seed, self.noise_step = int(state["noise_seed"]), int(state["noise_step"])
 
     def _plastic_weight(self) -> torch.Tensor:
         return self.values

@@ -172,6 +172,10 @@ def main(argv=None) -> int:
         print(f"{k:>15}: final loss {summary['final_loss'][k]:.3f}, {seconds[k]:.1f} s for {args.steps} steps")
     print(f"sparse vs dense masked: {summary['speedup_sparse_vs_dense_masked']:.1f}x faster on {args.device}")
     print(f"wrote {args.out}/metrics.csv, summary.json, loss.png")
+    print(
+        "next: BioNIC on FER-2013 (fer2013.csv from Kaggle, or its image-folder .zip):\n"
+        "  .venv/bin/python -m bionic_sparse.training --sparse --data PATH --config configs/fer-cpu.json"
+    )
     return 0
 
 

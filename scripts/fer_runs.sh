@@ -1,17 +1,14 @@
 #!/usr/bin/env bash
-# Reproduce the FER-2013 accuracy table: BioNIC (sparse engine) and the conventional baseline,
-# one run per seed, each in OUTDIR/<mode>-seed<k>/ (results.json, metrics.csv, plots).
-#   bash scripts/fer_runs.sh DATA OUTDIR EPOCHS SEED [SEED ...]
-# Extra train_fer.py flags can be passed in $TRAIN_FLAGS (e.g. "--batch-size 256 --amp").
+# The FER-2013 accuracy table: BioNIC (every biological feature on, block-sparse engine) and the
+# conventional baseline, one run per seed in OUTDIR/<variant>/seed<k>/ (the ablation runner's
+# "full" and "baseline" variants: resumable, one process per run), then the table and figures.
+#   bash scripts/fer_runs.sh DATA OUTDIR CONFIG SEED [SEED ...]
+# e.g. bash scripts/fer_runs.sh fer2013.csv.gz runs/fer configs/fer-gpu.json 0 1 2
+# Extra runner flags (e.g. "--jobs 4") can be passed in $RUN_FLAGS.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-data=$1 out=$2 epochs=$3
+data=$1 out=$2 config=$3
 shift 3
 PY=${PYTHON:-python3}
-for seed in "$@"; do
-  for mode in sparse baseline; do
-    $PY scripts/train_fer.py --$mode --data "$data" --epochs "$epochs" --seed "$seed" \
-      --out "$out/$mode-seed$seed" ${TRAIN_FLAGS:-}
-  done
-done
-$PY scripts/fer_table.py "$out"
+$PY -m bionic_sparse.training.ablation --config "$config" --data "$data" --out "$out" --seeds "$@" \
+  --variants full baseline ${RUN_FLAGS:-}
+$PY -m bionic_sparse.training.fer_table "$out"

@@ -34,6 +34,7 @@ def test_grid_covers_the_design():
         "full",
         "dense_masks",
         "random_masks",
+        "rewired_masks",
         "shuffled_laminae",
         "unsigned",
         "no_inhibition",
@@ -141,4 +142,22 @@ def test_cli_quick_smoke(tiny_csv, tmp_path):
         text=True,
         timeout=300,
     )
-    assert "random_masks" in listing.stdout
+    assert "random_masks" in listing.stdout and "rewired_masks" in listing.stdout
+    log = (tmp_path / "abl" / "full" / "seed0" / "run.log").read_text()
+    assert "scripts" not in json.dumps(
+        json.loads((tmp_path / "abl" / "full" / "seed0" / "run_config.json").read_text())
+    )
+    assert "PrivateTest" in log
+
+
+def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
+    from bionic_sparse.training.ablation import main
+
+    assert main(["--data", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "missing.csv" in err[0]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    assert main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

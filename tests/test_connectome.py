@@ -19,6 +19,7 @@ from bionic_sparse.connectome import (
     laminar_masks,
     synthetic_column,
 )
+from bionic_sparse.connectome.masks import rewire_degree_preserving
 from bionic_sparse.connectome.synthetic import connection_probability
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,6 +143,34 @@ def test_random_control_keeps_per_block_density(column):
         fb = BlockSparseMatrix.from_dense(b.mask, 8).block_fill()
         assert fa.nnzb == fb.nnzb and fa.n_synapses == fb.n_synapses
         assert not torch.equal(a.mask, b.mask)
+
+
+def test_rewired_control_keeps_every_neurons_degrees(column):
+    real = laminar_masks(column, units_per_neuron=1, block_size=8)
+    rew = laminar_masks(column, units_per_neuron=1, block_size=8, control="rewired", seed=2)
+    for a, b in zip(real.layers, rew.layers, strict=True):
+        ma, mb = a.mask.numpy(), b.mask.numpy()
+        assert np.array_equal(ma.sum(1), mb.sum(1)), "in-degree of every postsynaptic neuron"
+        assert np.array_equal(ma.sum(0), mb.sum(0)), "out-degree of every presynaptic neuron"
+        assert (ma & mb).sum() < 0.5 * ma.sum(), "partners are shuffled"
+        assert torch.equal(a.sign, b.sign)
+    again = laminar_masks(column, units_per_neuron=1, block_size=8, control="rewired", seed=2)
+    assert all(torch.equal(x.mask, y.mask) for x, y in zip(rew.layers, again.layers, strict=True))
+    # population expansion happens after the rewiring: every neuron-level edge is one u x u block
+    expanded = laminar_masks(column, units_per_neuron=4, block_size=4, control="rewired", seed=2)
+    for lm in expanded.layers:
+        assert BlockSparseMatrix.from_dense(lm.mask, 4).block_fill().mean_fill == 1.0
+
+
+def test_rewiring_small_cases():
+    rng = np.random.default_rng(0)
+    m = rng.random((30, 20)) < 0.3
+    r = rewire_degree_preserving(m, rng)
+    assert r.dtype == bool and np.array_equal(m.sum(0), r.sum(0)) and np.array_equal(m.sum(1), r.sum(1))
+    assert not np.array_equal(m, r)
+    assert np.array_equal(rewire_degree_preserving(m[:1], rng), m[:1])  # one row: nothing to trade
+    full = np.ones((5, 5), dtype=bool)
+    assert np.array_equal(rewire_degree_preserving(full, rng), full)
 
 
 def test_shuffled_laminae_control(column):
@@ -300,7 +329,7 @@ MICRONS_DIR = os.environ.get("BIONIC_MICRONS_DIR")
 
 @pytest.mark.skipif(
     not MICRONS_DIR or not os.path.exists(os.path.join(MICRONS_DIR or "", "manifest.json")),
-    reason="set BIONIC_MICRONS_DIR to a cached MICrONs column (see shared/data/microns/README)",
+    reason="set BIONIC_MICRONS_DIR to a cached MICrONs column (scripts/connectome.py fetch --cache DIR)",
 )
 def test_real_microns_extract_builds_masks():
     col = Column.load(MICRONS_DIR)

@@ -1,4 +1,4 @@
-"""FER-2013 loading (CSV, gzip, image folders), errors, augmentation, TTA."""
+"""FER-2013 loading (CSV, gzip, image folders, zip, npz), errors, data checks, augmentation, TTA."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import torch
 
 from bionic_sparse.data.fer2013 import (
     CLASSES,
+    DataError,
     augment_batch,
+    file_md5,
     load_fer2013,
     ten_crop_logits,
     to_float,
     write_fer_csv,
+    write_fer_zip,
 )
 
 FER_DIR = os.environ.get("BIONIC_FER2013")
@@ -61,7 +64,27 @@ def test_blur_mismatch_is_reported(tmp_path):
     assert data.check() == []
     blurred = torch.nn.functional.avg_pool2d(data.images["train"].float().unsqueeze(1), 9, 1, 4)
     data.images["train"] = blurred.squeeze(1).to(torch.uint8)
-    assert any("sharpness" in w for w in data.check())
+    warnings = data.check()
+    assert len([w for w in warnings if "sharpness" in w]) == 2  # against PublicTest and PrivateTest
+    assert all("training and" in w for w in warnings)
+
+
+def test_intensity_mismatch_is_reported(tmp_path):
+    write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=3)
+    data = load_fer2013(str(tmp_path / "tiny.csv"))
+    x = data.images["private_test"].float()
+    data.images["private_test"] = ((x - x.mean()) * 1.8 + x.mean()).clamp(0, 255).to(torch.uint8)  # more contrast
+    warnings = data.check()
+    assert len(warnings) == 1 and "private_test" in warnings[0] and "intensity statistics" in warnings[0]
+    data = load_fer2013(str(tmp_path / "tiny.csv"))
+    data.images["public_test"] = (data.images["public_test"].float() * 0.5).to(torch.uint8)  # darker
+    assert any("public_test" in w and "intensity" in w for w in data.check())
+    stats = data.image_statistics()
+    assert set(stats) == {"train", "public_test", "private_test"} and set(stats["train"]) == {
+        "sharpness",
+        "mean",
+        "std",
+    }
 
 
 def test_limit_train_and_hold_out_are_stratified_seeded_and_disjoint(tmp_path):
@@ -99,6 +122,67 @@ def test_npz_cache_round_trip(tmp_path):
     again = load_fer2013(str(tmp_path / "tiny.npz"))
     for s in data.images:
         assert torch.equal(again.images[s], data.images[s]) and torch.equal(again.labels[s], data.labels[s])
+
+
+@pytest.mark.parametrize("prefix", ["", "fer2013/"], ids=["top-level", "in-a-folder"])
+def test_zip_of_the_image_folder_layout_decodes_to_the_csv_pixels(tmp_path, prefix):
+    write_fer_csv(str(tmp_path / "tiny.csv"), n_per_class_split=3, seed=5)
+    write_fer_zip(str(tmp_path / "tiny.zip"), n_per_class_split=3, seed=5, prefix=prefix)
+    csv_data, zip_data = load_fer2013(str(tmp_path / "tiny.csv")), load_fer2013(str(tmp_path / "tiny.zip"))
+    for split in ("train", "public_test", "private_test"):
+        assert torch.equal(zip_data.images[split], csv_data.images[split]), split  # same pixels, same order
+        assert torch.equal(zip_data.labels[split], csv_data.labels[split]), split
+    assert zip_data.file == str(tmp_path / "tiny.zip")
+    assert file_md5(zip_data.file) == file_md5(str(tmp_path / "tiny.zip")) and len(file_md5(zip_data.file)) == 32
+    head = load_fer2013(str(tmp_path / "tiny.zip"), max_per_split=5)
+    assert all(y.numel() == 5 for y in head.labels.values())
+    assert torch.equal(head.images["train"], csv_data.images["train"][:5])
+
+
+def test_jpeg_zip_and_quick_reading(tmp_path):
+    write_fer_zip(str(tmp_path / "j.zip"), n_per_class_split=2, fmt="JPEG")
+    data = load_fer2013(str(tmp_path / "j.zip"))
+    assert data.images["train"].shape == (14, 48, 48)
+    write_fer_csv(str(tmp_path / "t.csv.gz"), n_per_class_split=4)
+    quick = load_fer2013(str(tmp_path / "t.csv.gz"), max_per_split=3)
+    full = load_fer2013(str(tmp_path / "t.csv.gz"))
+    assert all(y.numel() == 3 for y in quick.labels.values())
+    assert torch.equal(quick.images["private_test"], full.images["private_test"][:3])
+
+
+def _junk(path, content: bytes):
+    path.write_bytes(content)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "name,make,match",
+    [
+        ("empty.csv", lambda p: _junk(p, b""), "the file is empty"),
+        ("nohead.csv", lambda p: _junk(p, b"0," + b"7 " * 2304 + b",Training\n"), "expected a header naming"),
+        ("rows.csv", lambda p: _junk(p, b"emotion,pixels,Usage\n"), "header but no images"),
+        ("cut.csv.gz", None, "truncated or corrupt"),
+        ("junk.npz", lambda p: _junk(p, b"\x80\x04 not an archive at all" * 10), "not a FER-2013 .npz cache"),
+        ("junk.zip", lambda p: _junk(p, b"PK not really a zip"), "not a readable zip"),
+        ("other.zip", None, "expected one image-folder tree"),
+    ],
+)
+def test_unusable_files_raise_one_line_data_errors(tmp_path, name, make, match):
+    path = tmp_path / name
+    if name == "cut.csv.gz":
+        write_fer_csv(str(path), n_per_class_split=2)
+        path.write_bytes(path.read_bytes()[:-200])
+    elif name == "other.zip":
+        import zipfile
+
+        with zipfile.ZipFile(path, "w") as zf:
+            zf.writestr("images/a.png", b"x")
+    else:
+        make(path)
+    with pytest.raises(DataError, match=match) as e:
+        load_fer2013(str(path))
+    msg = str(e.value)
+    assert str(path) in msg and "\n" not in msg and len(msg) < 400
 
 
 def test_missing_path_explains_where_to_get_the_data(tmp_path):
@@ -173,3 +257,16 @@ def test_real_fer2013_counts():
     if data.source.endswith((".csv", ".csv.gz")) and data.labels["train"].numel() > 20000:
         assert data.class_counts()["train"] == [3995, 436, 4097, 7215, 4830, 3171, 4965]
         assert sum(data.class_counts()["private_test"]) == 3589
+    assert data.check() == [], "training and test images should look alike"
+
+
+@pytest.mark.skipif(
+    not FER_DIR or not os.path.isdir(FER_DIR) or not os.path.exists(os.path.join(FER_DIR, "fer2013_images.zip")),
+    reason="set BIONIC_FER2013 to a folder holding fer2013.csv(.gz) and fer2013_images.zip",
+)
+def test_real_zip_matches_real_csv():
+    csv_data = load_fer2013(FER_DIR, max_per_split=400)
+    zip_data = load_fer2013(os.path.join(FER_DIR, "fer2013_images.zip"), max_per_split=400)
+    for split in ("train", "public_test", "private_test"):
+        assert torch.equal(zip_data.images[split], csv_data.images[split])
+        assert torch.equal(zip_data.labels[split], csv_data.labels[split])

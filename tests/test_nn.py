@@ -107,6 +107,24 @@ def test_noise_only_in_training():
     assert not torch.equal(y1, y2), "a new noise seed every training step"
 
 
+def test_noise_counters_are_restored_from_state_dict():
+    layer = SparseConnectomeLinear(32, 32, block_size=16, noise_sigma=0.5)
+    x = torch.randn(4, 32)
+    layer.train()
+    layer(x), layer(x)  # two training steps: two noise draws
+    state = layer.state_dict()
+    fresh = SparseConnectomeLinear(32, 32, block_size=16, noise_sigma=0.5)  # another random noise seed
+    fresh.load_state_dict(state)
+    assert (fresh.noise_seed, fresh.noise_step) == (layer.noise_seed, 2)
+    assert torch.equal(fresh(x), layer(x)), "the restored layer continues the noise sequence"
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    again = SparseConnectomeLinear(32, 32, block_size=16, noise_sigma=0.5)
+    again.load_state_dict(torch.load(buf, weights_only=True))
+    assert again.noise_step == 3
+
+
 def test_plasticity_step_uses_recorded_activity():
     torch.manual_seed(0)
     layer = SparseConnectomeLinear(32, 16, block_size=16, sign=torch.ones(32))

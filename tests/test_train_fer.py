@@ -1,22 +1,28 @@
-"""The FER-2013 trainer on a tiny generated FER-format CSV: outputs, resume, crash safety,
-config files, the CLI, and DistributedDataParallel with two gloo processes."""
+"""The FER-2013 trainer on a tiny generated FER-format CSV: outputs, exact resume, Ctrl-C, crash
+safety, bad input, config files, the CLI, and DistributedDataParallel with two gloo processes."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from bionic_sparse.data.fer2013 import write_fer_csv
-from bionic_sparse.training import TrainConfig, train
-from bionic_sparse.training import trainer as trainer_mod
+from bionic_sparse.training import Run, TrainConfig, train
+from bionic_sparse.training import checkpoint as checkpoint_mod
+from bionic_sparse.training.cli import main
+from bionic_sparse.training.trainer import shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = dict(units_per_neuron=2, block_size=8, front_channels=(4, 8), front_pool=2)
+TIMING = ("seconds", "images_per_s")
 
 
 @pytest.fixture(scope="module")
@@ -33,18 +39,11 @@ def cfg(tiny_csv, out, **kw) -> TrainConfig:
 
 @pytest.mark.parametrize("model,execution", [("bionic", "sparse"), ("bionic", "dense_masked"), ("baseline", "sparse")])
 def test_training_writes_every_output(tiny_csv, tmp_path, model, execution):
-    c = cfg(tiny_csv, tmp_path, model=model, model_config={**TINY_MODEL, "execution": execution})
+    c = cfg(tiny_csv, tmp_path, model=model, tta=True, model_config={**TINY_MODEL, "execution": execution})
     res = train(c)
-    for name in (
-        "config.json",
-        "metrics.csv",
-        "last.pt",
-        "best.pt",
-        "results.json",
-        "confusion_matrix.png",
-        "learning_curves.png",
-    ):
+    for name in ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "confusion_matrix.png"):
         assert (tmp_path / name).exists(), name
+    assert (tmp_path / "learning_curves.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["seed"] == 0 and saved["versions"]["torch"] == torch.__version__
     assert list(saved["private_test"]["per_class"]) == [
@@ -57,15 +56,59 @@ def test_training_writes_every_output(tiny_csv, tmp_path, model, execution):
         "neutral",
     ]
     assert 0 <= res["private_test"]["accuracy"] <= 1 and res["private_test"]["n"] == 28
+    assert 0 <= res["private_test_tta"]["accuracy"] <= 1 and "public_test_tta" in res  # both columns with tta
+    assert saved["data_file"] == "tiny.csv" and len(saved["data_md5"]) == 32
     assert len((tmp_path / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    # checkpoints hold what they are for: best.pt the model, last.pt everything resume needs
+    best = torch.load(tmp_path / "best.pt", weights_only=False)
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert set(best) == {"model", "epoch", "config"}
+    assert {"model", "optimizer", "scheduler", "rng", "epoch", "best_acc", "history"} <= set(last)
 
 
-def test_resume_continues_without_losing_progress(tiny_csv, tmp_path):
-    train(cfg(tiny_csv, tmp_path, epochs=1))
-    first = json.loads((tmp_path / "results.json").read_text())["history"]
-    res = train(cfg(tiny_csv, tmp_path, epochs=3, resume=True))
-    assert [h["epoch"] for h in res["history"]] == [1, 2, 3]
-    assert res["history"][0] == first[0]
+def _metrics(path) -> list[dict]:
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+def _interrupt_at(monkeypatch, epoch: int):
+    """Make the run raise KeyboardInterrupt when it starts ``epoch`` (0-based)."""
+    real = Run.train_epoch
+
+    def train_epoch(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt
+        return real(self, e)
+
+    monkeypatch.setattr(Run, "train_epoch", train_epoch)
+    return real
+
+
+@pytest.mark.parametrize("execution", ["sparse", "dense_masked"])
+def test_resume_is_exact(tiny_csv, tmp_path, monkeypatch, execution):
+    """Interrupted after epoch 2 of 4 and resumed == never interrupted: metrics and weights."""
+    model_config = {**TINY_MODEL, "execution": execution}  # noise, plasticity and dropout are on
+    straight = train(cfg(tiny_csv, tmp_path / "a", epochs=4, model_config=model_config))
+    real = _interrupt_at(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(tiny_csv, tmp_path / "b", epochs=4, model_config=model_config))
+    monkeypatch.setattr(Run, "train_epoch", real)
+    resumed = train(cfg(tiny_csv, tmp_path / "b", epochs=4, resume=True, model_config=model_config))
+    assert _metrics(tmp_path / "a" / "metrics.csv") == _metrics(tmp_path / "b" / "metrics.csv")
+    assert resumed["private_test"] == straight["private_test"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], torch.Tensor):
+            assert torch.equal(a[k], b[k]), k
+        else:
+            assert a[k] == b[k], k  # the layers' noise counters
+
+
+def test_resume_without_a_checkpoint_says_so(tiny_csv, tmp_path, capsys):
+    train(cfg(tiny_csv, tmp_path, epochs=1, resume=True))
+    assert f"no checkpoint at {tmp_path / 'last.pt'}" in capsys.readouterr().out
 
 
 def test_crash_while_saving_keeps_the_last_checkpoint(tiny_csv, tmp_path, monkeypatch):
@@ -78,17 +121,21 @@ def test_crash_while_saving_keeps_the_last_checkpoint(tiny_csv, tmp_path, monkey
             fh.write(b"partial")  # a torn write of the temporary file
         raise KeyboardInterrupt("killed mid-write")
 
-    monkeypatch.setattr(trainer_mod.torch, "save", crashing_save)
+    monkeypatch.setattr(checkpoint_mod.torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         train(cfg(tiny_csv, tmp_path, epochs=2, resume=True))
-    monkeypatch.setattr(trainer_mod.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint_mod.torch, "save", real_save)
     again = torch.load(tmp_path / "last.pt", weights_only=False)
     assert again["epoch"] == good["epoch"] == 0
 
 
-def test_quick_mode_and_errors(tiny_csv, tmp_path):
-    res = train(cfg(tiny_csv, tmp_path, quick=True, epochs=5))
-    assert res["epochs"] == 1
+def test_quick_mode_records_what_it_ran(tiny_csv, tmp_path):
+    res = train(cfg(tiny_csv, tmp_path, quick=True, epochs=5, batch_size=4))
+    assert res["epochs"] == 1 and res["split_sizes"]["train"] == 28
+    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 1
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 and float(rows[0]["lr"]) > 0
     with pytest.raises(ValueError, match="epochs and batch_size"):
         train(cfg(tiny_csv, tmp_path, epochs=0))
     with pytest.raises(ValueError, match="unknown config keys"):
@@ -107,65 +154,132 @@ def test_reduced_budget_with_a_hold_out_split(tiny_csv, tmp_path):
         train(cfg(tiny_csv, tmp_path, select_on="private_test"))
 
 
-def _cli_config(tmp_path):
-    conf = tmp_path / "conf.json"
-    conf.write_text(json.dumps({"epochs": 1, "batch_size": 8, "model_config": TINY_MODEL}))
-    return conf
+def test_shards_are_equal_length():
+    perm = torch.randperm(257)
+    parts = [shard(perm, r, 2) for r in range(2)]
+    assert [p.numel() for p in parts] == [128, 128]
+    assert not set(parts[0].tolist()) & set(parts[1].tolist())
+    assert [shard(torch.arange(17), r, 2).numel() for r in range(2)] == [8, 8]
+    assert torch.equal(shard(perm, 0, 1), perm)
 
 
-def _train_fer_args(conf, data: str, out) -> list[str]:
-    """``scripts/train_fer.py --sparse`` on CPU with a config file, data and output folder."""
-    script = os.path.join(ROOT, "scripts", "train_fer.py")
-    return [script, "--sparse", "--config", str(conf), "--data", data, "--out", str(out), "--device", "cpu"]
+# ---- the command line as users meet it --------------------------------------------------------
+
+
+def _write(path, text: str | bytes) -> str:
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return str(path)
+
+
+def _bad_inputs(tmp_path) -> dict:
+    px = " ".join(["7"] * 2304)
+    gz = tmp_path / "cut.csv.gz"
+    write_fer_csv(str(gz), n_per_class_split=2)
+    gz.write_bytes(gz.read_bytes()[:-300])
+    no_private = tmp_path / "noprivate.csv"
+    rows = "".join(f"{k % 7},{px},{u}\n" for u in ("Training", "PublicTest") for k in range(7))
+    _write(no_private, "emotion,pixels,Usage\n" + rows)
+    return {
+        "missing path": ([], str(tmp_path / "nope.csv"), "BIONIC_FER2013"),
+        "malformed row": ([], _write(tmp_path / "bad.csv", f"emotion,pixels,Usage\n0,{px},Training\n1,1 2,Training\n"),
+                          "row 3: expected 2304 pixels"),
+        "missing header": ([], _write(tmp_path / "nohead.csv", f"0,{px},Training\n"), "expected a header naming"),
+        "empty file": ([], _write(tmp_path / "empty.csv", ""), "the file is empty"),
+        "truncated gzip": ([], str(gz), "truncated or corrupt"),
+        "junk npz": ([], _write(tmp_path / "junk.npz", b"\x80\x04junk" * 50), "not a FER-2013 .npz cache"),
+        "no PrivateTest rows": ([], str(no_private), "the private_test split has no images"),
+        "bad config file": (["--config", _write(tmp_path / "c.json", "{oops")], None, "is not valid JSON"),
+        "unknown config key": (["--config", _write(tmp_path / "k.json", '{"epoch": 2}')], None, "unknown config keys"),
+        "bad value": (["--epochs", "0"], None, "epochs and batch_size must be >= 1"),
+    }  # fmt: skip
+
+
+def test_bad_input_is_one_error_line_and_leaves_no_folder(tiny_csv, tmp_path, capsys):
+    for case, (extra, data, match) in _bad_inputs(tmp_path).items():
+        out = tmp_path / "out" / case.replace(" ", "_")
+        code = main(["--sparse", "--data", data or tiny_csv, "--out", str(out), "--device", "cpu", *extra])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, case
+        assert len(err) == 1 and err[0].startswith("error: ") and match in err[0], (case, err)
+        if data:
+            assert os.path.basename(data) in err[0], case
+        assert not out.exists(), case
+
+
+def test_ctrl_c_names_the_resume_command(tiny_csv, tmp_path, monkeypatch, capsys):
+    argv = ["--sparse", "--data", tiny_csv, "--out", str(tmp_path / "r"), "--device", "cpu", "--epochs", "3"]
+    real = _interrupt_at(monkeypatch, 0)
+    assert main(argv) == 130
+    assert "before the first epoch ended" in capsys.readouterr().err
+    monkeypatch.setattr(Run, "train_epoch", real)
+    _interrupt_at(monkeypatch, 1)
+    assert main(argv, prog="bionic-train") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    err = [ln for ln in err.splitlines() if ln.strip() and not ln.lstrip().startswith("epoch ")]  # tqdm
+    assert len(err) == 1 and "interrupted in epoch 2/3" in err[0]
+    assert err[0].endswith(f"Continue with: bionic-train {' '.join(argv)} --resume")
+    monkeypatch.setattr(Run, "train_epoch", real)
+    assert main([*argv, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+
+
+def _module_cmd(*args) -> list[str]:
+    return [sys.executable, "-m", "bionic_sparse.training", *args]
+
+
+def test_real_sigint_exits_130_without_a_traceback(tiny_csv, tmp_path):
+    out = tmp_path / "sig"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = _module_cmd("--sparse", "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--epochs", "200")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 300
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "--resume" in err and "python -m bionic_sparse.training" in err
 
 
 def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
-    conf = _cli_config(tmp_path)
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"epochs": 1, "batch_size": 8, "model_config": TINY_MODEL}))
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, *_train_fer_args(conf, tiny_csv, out), "--seed", "3"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    script = os.path.join(ROOT, "scripts", "train_fer.py")
+    args = ["--sparse", "--config", str(conf), "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--seed", "3"]
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((out / "results.json").read_text())
     assert saved["seed"] == 3 and saved["config"]["batch_size"] == 8
-    missing = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "train_fer.py"), "--sparse", "--data", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        timeout=600,
+    yaml_conf = tmp_path / "conf.yaml"
+    yaml_conf.write_text("epochs: 1\nbatch_size: 8\nmodel_config:\n  units_per_neuron: 2\n  block_size: 8\n")
+    bad = subprocess.run(
+        _module_cmd("--config", str(yaml_conf), "--data", str(tmp_path / "none.csv")), capture_output=True, text=True
     )
-    assert missing.returncode == 2 and "BIONIC_FER2013" in missing.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 
 
-def test_ddp_two_gloo_processes(tiny_csv, tmp_path):
-    conf = _cli_config(tmp_path)
+def test_ddp_two_gloo_processes_on_an_uneven_dataset(tiny_csv, tmp_path):
+    """17 training images, batch 8, 2 ranks: with unequal shards rank 0 would take 2 steps and
+    rank 1 one, and the second all-reduce would wait forever."""
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"epochs": 2, "batch_size": 8, "train_images": 17, "model_config": TINY_MODEL}))
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    run_cmd = ["-m", "bionic_sparse.training", "--sparse", "--config", str(conf), "--data", tiny_csv]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            *_train_fer_args(conf, tiny_csv, tmp_path / "ddp"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-    )
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+         *run_cmd, "--out", str(tmp_path / "ddp"), "--device", "cpu"],
+        capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     saved = json.loads((tmp_path / "ddp" / "results.json").read_text())
-    assert saved["world_size"] == 2
+    assert saved["world_size"] == 2 and saved["split_sizes"]["train"] == 17
 
 
 @pytest.mark.parametrize("name", sorted(os.listdir(os.path.join(ROOT, "configs"))))
 def test_shipped_configs_are_valid(name):
     with open(os.path.join(ROOT, "configs", name)) as f:
         cfg = TrainConfig.from_dict(json.load(f))
+    cfg.validate()
     assert cfg.model_config.masks == "connectome"  # the full model; the runner applies the variants

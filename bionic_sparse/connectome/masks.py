@@ -15,8 +15,11 @@ together), ``[post units, pre units]`` bool, ready for ``SparseConnectomeLinear(
 * **Graded inhibition**: per presynaptic unit ``+1`` (excitatory) or ``-g_inh * m_j`` with
   ``m_j = log1p(outgoing synapses of j) / mean over inhibitory neurons`` (so the mean is ``g_inh``).
 * **Controls**: ``control="random"`` moves every nonzero ``b x b`` block of each mask to a random
-  free position (same per-block density and block fills per layer pair); ``"shuffled_laminae"``
-  permutes the layer labels of the neurons (layer sizes kept) before building the masks.
+  free position (same per-block density and block fills per layer pair); ``"rewired"`` shuffles
+  the partners of every neuron-level projection while each neuron keeps its in-degree and
+  out-degree in it (degree-preserving rewiring, curveball algorithm), which separates "this
+  wiring" from "this many connections per neuron"; ``"shuffled_laminae"`` permutes the layer
+  labels of the neurons (layer sizes kept) before building the masks.
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from scipy.sparse.csgraph import reverse_cuthill_mckee
 from ..format import BlockSparseMatrix
 from .column import LAYERS, Column
 
-__all__ = ["LaminarStack", "LayerMask", "laminar_masks", "DEFAULT_PATHWAY"]
+__all__ = ["LaminarStack", "LayerMask", "laminar_masks", "rewire_degree_preserving", "DEFAULT_PATHWAY"]
 
 DEFAULT_PATHWAY = ("L4", "L23", "L5", "L6")
-CONTROLS = (None, "random", "shuffled_laminae")
+CONTROLS = (None, "random", "rewired", "shuffled_laminae")
 
 
 @dataclass
@@ -130,7 +133,7 @@ def laminar_masks(
         order: ``"auto"`` (best of the candidates, see module docstring) or ``"identity"``.
         skip: also build ``pathway[k] -> pathway[k + 2]`` projections (in ``extra``).
         recurrent: also build within-layer ``pathway[k] -> pathway[k]`` projections (in ``extra``).
-        control: ``None``, ``"random"`` or ``"shuffled_laminae"``.
+        control: ``None``, ``"random"``, ``"rewired"`` or ``"shuffled_laminae"``.
         seed: seed of the controls.
     """
     if control not in CONTROLS:
@@ -171,7 +174,10 @@ def laminar_masks(
         orders = candidates[int(np.argmin(fills))]
 
     def build(pre: str, post: str) -> LayerMask:
-        m = _expand(sub(pre, post, orders), units_per_neuron)
+        neurons = sub(pre, post, orders)
+        if control == "rewired":
+            neurons = rewire_degree_preserving(neurons, rng)
+        m = _expand(neurons, units_per_neuron)
         m_id = _expand(sub(pre, post, identity), units_per_neuron)
         if control == "random":
             m = _random_blocks(m, block_size, rng)
@@ -246,3 +252,32 @@ def _random_blocks(mask: np.ndarray, b: int, rng: np.random.Generator) -> np.nda
     out = np.zeros_like(blocks).reshape(R * C, b, b)
     out[dest] = blocks.reshape(R * C, b, b)[nz]
     return out.reshape(R, C, b, b).transpose(0, 2, 1, 3).reshape(R * b, C * b)[:n_out, :n_in]
+
+
+def rewire_degree_preserving(adj: np.ndarray, rng: np.random.Generator, trades_per_row: int = 10) -> np.ndarray:
+    """Degree-preserving rewiring of a bipartite adjacency ``[post, pre]`` (bool): every row sum
+    (in-degree) and column sum (out-degree) is kept, no pair appears twice, partners are mixed.
+
+    Curveball algorithm (Strona et al. 2014, Nat. Commun. 5:4114): ``trades_per_row * rows``
+    times, two rows pool the partners only one of them has and deal them out again at random in
+    the same numbers.
+    """
+    adj = np.asarray(adj, dtype=bool)
+    n_rows = adj.shape[0]
+    rows = [np.flatnonzero(r) for r in adj]
+    if n_rows < 2:
+        return adj.copy()
+    for _ in range(trades_per_row * n_rows):
+        i, j = rng.choice(n_rows, size=2, replace=False)
+        a, b = rows[i], rows[j]
+        only_a, only_b = np.setdiff1d(a, b, assume_unique=True), np.setdiff1d(b, a, assume_unique=True)
+        if only_a.size == 0 or only_b.size == 0:
+            continue
+        pool = rng.permutation(np.concatenate([only_a, only_b]))
+        shared = np.intersect1d(a, b, assume_unique=True)
+        rows[i] = np.sort(np.concatenate([shared, pool[: only_a.size]]))
+        rows[j] = np.sort(np.concatenate([shared, pool[only_a.size :]]))
+    out = np.zeros_like(adj)
+    for i, r in enumerate(rows):
+        out[i, r] = True
+    return out

@@ -369,6 +369,11 @@ def _from_entries(entries: list[_ImageEntry], source: str, seed: int, max_per_sp
     return FER2013(images, labels, source, file)
 
 
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _load_folders(root: str, seed: int, max_per_split: int | None) -> FER2013:
     entries = []
     for part in ("train", "test"):
@@ -380,7 +385,7 @@ def _load_folders(root: str, seed: int, max_per_split: int | None) -> FER2013:
             for name in sorted(os.listdir(full)):
                 if name.lower().endswith(IMAGE_SUFFIXES):
                     p = os.path.join(full, name)
-                    entries.append(_ImageEntry(part, cls, name, lambda p=p: open(p, "rb").read(), p))
+                    entries.append(_ImageEntry(part, cls, name, lambda p=p: _read_bytes(p), p))
     if not entries:
         raise DataError(f"{root}: no images found under train/ and test/")
     return _from_entries(entries, root, seed, max_per_split)

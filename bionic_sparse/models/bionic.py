@@ -15,7 +15,7 @@ from ..nn import MaskedLinear, SparseConnectomeLinear
 __all__ = ["BioNICConfig", "BioNIC", "ConventionalBaseline", "N_CLASSES"]
 
 N_CLASSES = 7
-MASK_KINDS = ("connectome", "dense", "random", "shuffled_laminae", "none")
+MASK_KINDS = ("connectome", "dense", "random", "rewired", "shuffled_laminae", "none")
 
 
 @dataclass
@@ -27,8 +27,9 @@ class BioNICConfig:
     pathway: tuple[str, ...] = ("L4", "L23", "L5", "L6")
     units_per_neuron: int = 16
     block_size: int = 16
-    # one of MASK_KINDS. "dense": all-to-all laminar layers that keep the biology (Dale signs,
-    # noise, plasticity); "none": plain nn.Linear layers without any of it (the baseline).
+    # one of MASK_KINDS. "random", "rewired", "shuffled_laminae": the controls of laminar_masks;
+    # "dense": all-to-all laminar layers that keep the biology (Dale signs, noise, plasticity);
+    # "none": plain nn.Linear layers without any of it (the baseline).
     masks: str = "connectome"
     signed: bool = True  # Dale's law with graded inhibition
     g_inh: float = 1.0
@@ -99,7 +100,7 @@ class BioNIC(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or BioNICConfig()
         column = load_connectome(cfg.connectome, seed=cfg.connectome_seed)
-        control = cfg.masks if cfg.masks in ("random", "shuffled_laminae") else None
+        control = cfg.masks if cfg.masks in ("random", "rewired", "shuffled_laminae") else None
         stack = laminar_masks(
             column,
             pathway=cfg.pathway,

@@ -2,16 +2,19 @@
 
 * Resumable: a run whose ``results.json`` exists is skipped; a failed or interrupted run is run
   again on the next call.
-* Isolated: every run is a separate ``scripts/train_fer.py`` process, so a crash (or OOM) of one
-  run is recorded as ``failed`` with its log and the others go on.
+* Isolated: every run is a separate ``python -m bionic_sparse.training`` process, so a crash (or
+  OOM) of one run is recorded as ``failed`` with its log and the others go on.
 * Parallel: ``jobs`` runs at a time; with CUDA GPUs the runs are spread over them
   (``CUDA_VISIBLE_DEVICES``), otherwise they share the CPU (threads split between jobs).
 * Report: ``ablations.csv`` (one row per run), ``ablations.md`` (mean ± std per variant and the
   difference to the full model with a paired t-test over the seeds both have), ``ablations.png``.
+
+CLI: ``python -m bionic_sparse.training.ablation`` or ``bionic-ablations`` (:func:`main`).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -23,15 +26,18 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-__all__ = ["VARIANTS", "RunSpec", "run_ablations", "summarize"]
+from .config import load_config_file
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+__all__ = ["VARIANTS", "RunSpec", "run_ablations", "summarize", "main"]
 
 # name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "full": ({}, {}),
     "dense_masks": ({}, {"masks": "dense"}),
     "random_masks": ({}, {"masks": "random"}),
+    "rewired_masks": ({}, {"masks": "rewired"}),
     "shuffled_laminae": ({}, {"masks": "shuffled_laminae"}),
     "unsigned": ({}, {"signed": False}),
     "no_inhibition": ({}, {"g_inh": 0.0}),
@@ -72,12 +78,7 @@ def _launch(spec: RunSpec, cfg: dict, env: dict) -> dict:
     t0 = time.perf_counter()
     with open(os.path.join(spec.out, "run.log"), "w") as log:
         proc = subprocess.run(
-            [
-                sys.executable,
-                os.path.join(ROOT, "scripts", "train_fer.py"),
-                "--config",
-                os.path.join(spec.out, "run_config.json"),
-            ],
+            [sys.executable, "-m", "bionic_sparse.training", "--config", os.path.join(spec.out, "run_config.json")],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,
@@ -117,6 +118,8 @@ def run_ablations(
         i, spec = i_spec
         # run.log is a file, not a terminal: one progress line every 30 s instead of every step
         env = {"TQDM_MININTERVAL": "30", **os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        # the child imports the bionic_sparse this process runs (a checkout or an install)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
         if n_gpus:
             env["CUDA_VISIBLE_DEVICES"] = str(i % n_gpus)
         return _launch(spec, _run_config(base, spec.variant, spec.seed, spec.out, table), env)
@@ -271,3 +274,50 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The runner's command line; prints the report. Exit 0 when every run finished, 1 when some
+    failed (the next call re-runs them), 2 for bad input."""
+    ap = argparse.ArgumentParser(description="BioNIC ablation runner (resumable, parallel, crash-tolerant)")
+    ap.add_argument("--data", help="FER-2013 path (default $BIONIC_FER2013 or ./data/fer2013)")
+    ap.add_argument("--out", default="runs/ablations")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", help=f"subset of: {' '.join(VARIANTS)}")
+    ap.add_argument("--jobs", type=int, default=1, help="runs in parallel (spread over GPUs when present)")
+    ap.add_argument("--config", help="base TrainConfig as JSON/YAML")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--device")
+    ap.add_argument("--quick", action="store_true", help="each run: first 300 images per split, one epoch")
+    ap.add_argument("--list", action="store_true", help="print the variants and exit")
+    args = ap.parse_args(argv)
+    if args.list:
+        for name, (train_over, model_over) in VARIANTS.items():
+            print(f"{name:<18} {json.dumps({**train_over, **model_over})}")
+        return 0
+    try:
+        base = load_config_file(args.config) if args.config else {}
+        if args.data is not None and not os.path.exists(args.data):
+            raise FileNotFoundError(f"--data {args.data!r} does not exist")
+        for key in ("data", "epochs", "batch_size", "lr", "device"):
+            if getattr(args, key) is not None:
+                base[key] = getattr(args, key)
+        if args.quick:
+            base["quick"] = True
+        base.pop("out", None)
+        base.pop("seed", None)
+        rows = run_ablations(args.out, base, args.seeds, args.variants, jobs=args.jobs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with open(os.path.join(args.out, "ablations.md")) as f:
+        print(f.read())
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    print(f"{len(rows) - len(failed)} runs finished, {len(failed)} failed -> {args.out}/ablations.csv, .md, .png")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

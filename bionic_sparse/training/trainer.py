@@ -1,29 +1,33 @@
 """FER-2013 trainer for BioNIC and the conventional baseline.
 
-One run = one output directory with ``config.json``, ``metrics.csv`` (one row per epoch),
-``last.pt`` / ``best.pt`` (written atomically every epoch; ``resume=True`` continues from
-``last.pt``), ``results.json`` (PublicTest and PrivateTest accuracy overall and per class, timing,
-versions, seed), ``confusion_matrix.png`` and ``learning_curves.png``. Model selection uses
-PublicTest (or, with ``holdout`` > 0 and ``select_on="holdout"``, a stratified part of Training);
-PrivateTest is evaluated once, with the best checkpoint. ``train_images`` keeps a stratified
-subset of Training for reduced-budget runs (the ablation grid).
+One run = one output directory with ``config.json`` (what ran), ``metrics.csv`` (one row per
+epoch), ``last.pt`` (everything resume needs, written atomically after every epoch), ``best.pt``
+(the model of the best epoch on the selection split), ``results.json`` (accuracy overall and per
+class on every split, ten-crop columns with ``tta``, timing, versions, seed, the data file's md5),
+``confusion_matrix.png`` and ``learning_curves.png``.
 
-Multi-process: launched by ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in
-DistributedDataParallel (gloo on CPU, nccl on GPU), every rank trains on its shard of each
-epoch's permutation, plastic weights are averaged across ranks after each plasticity step, and
-rank 0 writes the files.
+Selection uses PublicTest (or, with ``holdout`` > 0 and ``select_on="holdout"``, a stratified part
+of Training); PrivateTest is evaluated once, with the best checkpoint.
+
+Resume is exact: ``last.pt`` holds the model (with the layers' noise counters), optimiser,
+scheduler, history and every global random state, and each epoch's shuffling and augmentation
+come from a generator seeded by (seed, epoch); so a run interrupted and resumed gives the same
+metrics (timing columns aside) and weights as one that was never interrupted (tested on CPU).
+
+Multi-process: with ``WORLD_SIZE > 1`` (``torchrun``) :func:`train` joins the process group
+itself, wraps the model in DistributedDataParallel (gloo on CPU, nccl on GPU) and gives every
+rank the same number of images per epoch (:func:`shard`); plastic weights are averaged across
+ranks after each plasticity step, and rank 0 writes the files.
 """
 
 from __future__ import annotations
 
-import csv
 import datetime
-import json
 import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -31,48 +35,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
-from ..models.bionic import BioNIC, BioNICConfig, ConventionalBaseline
+from ..models.bionic import BioNIC, ConventionalBaseline
+from .checkpoint import rng_state, save_atomic, set_rng_state
+from .config import TrainConfig
+from .report import plot_run, write_metrics
 
-__all__ = ["TrainConfig", "train", "evaluate"]
+__all__ = ["TrainConfig", "Run", "train", "evaluate", "shard", "QUICK_IMAGES"]
 
-
-@dataclass
-class TrainConfig:
-    model: str = "bionic"  # "bionic" or "baseline"
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 5e-4
-    optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov, momentum 0.9)
-    label_smoothing: float = 0.1
-    augment: bool = True
-    tta: bool = False  # ten-crop test-time augmentation for the final evaluation
-    amp: bool = False  # bf16 autocast on CUDA
-    seed: int = 0
-    device: str = "auto"
-    data: str | None = None
-    out: str = "runs/fer"
-    quick: bool = False  # a few hundred images, one epoch
-    train_images: int | None = None  # train on this many (after the hold-out; stratified, seeded): reduced budgets
-    holdout: float = 0.0  # fraction of Training held out (stratified, seeded) as an in-distribution split
-    select_on: str = "public_test"  # split for model selection: "public_test" or "holdout"
-    resume: bool = False
-    tensorboard: bool = False
-    model_config: BioNICConfig = field(default_factory=BioNICConfig)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid: {sorted(names)}")
-        if isinstance(d.get("model_config"), dict):
-            d["model_config"] = BioNICConfig.from_dict(d["model_config"])
-        return cls(**d)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+QUICK_IMAGES = 300  # per split, with quick=True
+EVAL_SPLITS = ("train", "public_test", "private_test")
 
 
 def _device(name: str) -> torch.device:
@@ -81,10 +52,22 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _dist() -> tuple[int, int]:
+def init_distributed(device: str = "auto") -> tuple[int, int]:
+    """Join the process group when launched with ``WORLD_SIZE > 1``; returns ``(rank, world)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        use_nccl = torch.cuda.is_available() and device != "cpu"
+        dist.init_process_group("nccl" if use_nccl else "gloo")
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def shard(perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's part of an epoch's permutation. Every rank gets ``len(perm) // world`` images
+    (the last ``len(perm) % world`` of the permutation are left out, a different few each epoch),
+    so all ranks run the same number of steps and DDP's collectives never wait for a missing one."""
+    per_rank = perm.numel() // world
+    return perm[: per_rank * world][rank::world]
 
 
 def build_model(cfg: TrainConfig) -> BioNIC:
@@ -124,12 +107,6 @@ def evaluate(
     }
 
 
-def _save_atomic(obj: dict, path: str) -> None:
-    tmp = path + ".tmp"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a crash mid-write never loses the previous checkpoint
-
-
 def _versions() -> dict:
     from .. import __version__
 
@@ -145,248 +122,311 @@ def _versions() -> dict:
         "python": platform.python_version(),
         "triton": triton_version,
         "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cpu": _cpu_name(),
     }
 
 
-def _sync_plastic(model: torch.nn.Module, world: int) -> None:
-    """Average the plastic weights (changed outside autograd) so that ranks stay identical."""
-    if world == 1:
-        return
-    for layer in model.connectome_layers():
-        p = layer.values if hasattr(layer, "values") else layer.weight
-        dist.all_reduce(p.data)
-        p.data /= world
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
-def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
-    """Train and evaluate; returns the ``results.json`` content."""
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {cfg.epochs} and {cfg.batch_size}")
-    if cfg.optimizer not in ("adamw", "sgd"):
-        raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {cfg.optimizer!r}")
-    if cfg.select_on not in ("public_test", "holdout"):
-        raise ValueError(f"select_on must be 'public_test' or 'holdout', got {cfg.select_on!r}")
-    if cfg.select_on == "holdout" and not cfg.holdout > 0:
-        raise ValueError("select_on='holdout' needs holdout > 0 (the fraction of Training to hold out)")
-    rank, world = _dist()
-    device = _device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    torch.manual_seed(cfg.seed)
-    os.makedirs(cfg.out, exist_ok=True)
-    epochs = 1 if cfg.quick else cfg.epochs
-    quick_n = 300 if cfg.quick else None
-    data = data.head(quick_n) if data is not None and quick_n else data or load_fer2013(cfg.data, cfg.seed, quick_n)
-    for split in ("train", "public_test", "private_test"):
-        if data.labels.get(split) is None or data.labels[split].numel() == 0:
-            raise DataError(f"{data.source}: the {split} split has no images; training needs train, public_test and private_test")
+def prepare_data(cfg: TrainConfig, data: FER2013 | None = None) -> FER2013:
+    """Load (or trim) the data of a run and apply its hold-out and training budget; raises
+    ``FileNotFoundError`` / :class:`DataError` for unusable data, before anything is written."""
+    quick_n = QUICK_IMAGES if cfg.quick else None
+    if data is None:
+        data = load_fer2013(cfg.data, seed=cfg.seed, max_per_split=quick_n)
+    elif quick_n:
+        data = data.head(quick_n)
+    for split in EVAL_SPLITS:
+        if split not in data.labels or data.labels[split].numel() == 0:
+            raise DataError(f"{data.source}: the {split} split has no images (train, public_test, private_test needed)")
     if cfg.holdout > 0:  # before limiting: the hold-out keeps its size when the training budget shrinks
         data = data.hold_out(cfg.holdout, seed=cfg.seed)
     if cfg.train_images is not None:
         data = data.limit_train(cfg.train_images, seed=cfg.seed)
-    eval_splits = ["public_test"] + (["holdout"] if "holdout" in data.labels else [])
-    data_warnings = data.check()
-    if rank == 0:
-        print(data.describe())
-        for w in data_warnings:
-            print(f"warning: {w}")
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(cfg.to_dict(), f, indent=1)
+    return data
 
-    model = build_model(cfg).to(device)
-    opt = (
-        torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adamw"
-        else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    )
-    x_train, y_train = data.images["train"], data.labels["train"]
-    steps_per_epoch = max(1, -(-y_train.numel() // (cfg.batch_size * world)))
-    # Linear warm-up then cosine decay, a function of the step only: a resumed run with more
-    # epochs continues on the schedule of its new length.
-    total_steps = epochs * steps_per_epoch
-    warmup = max(1, int(0.05 * total_steps))
 
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total_steps - warmup))))
+@dataclass
+class Run:
+    """One training run, in pieces: :meth:`setup`, :meth:`train_epoch`, :meth:`end_epoch`
+    (evaluate + checkpoint), :meth:`finish` (final evaluation + report); :meth:`fit` runs them."""
 
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
-    start_epoch, best_acc, history = 0, -1.0, []
-    last_path, best_path = os.path.join(cfg.out, "last.pt"), os.path.join(cfg.out, "best.pt")
-    if cfg.resume and os.path.exists(last_path):
-        ckpt = torch.load(last_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        start_epoch, best_acc, history = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["history"]
+    cfg: TrainConfig
+    data: FER2013
+    model: BioNIC
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    start_epoch: int = 0
+    best_acc: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    data_warnings: list[str] = field(default_factory=list)
+    resumed_from: str | None = None
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.effective_epochs
+
+    @property
+    def last_path(self) -> str:
+        return os.path.join(self.cfg.out, "last.pt")
+
+    @property
+    def best_path(self) -> str:
+        return os.path.join(self.cfg.out, "best.pt")
+
+    @property
+    def eval_splits(self) -> list[str]:
+        return ["public_test"] + (["holdout"] if "holdout" in self.data.labels else [])
+
+    @classmethod
+    def setup(cls, cfg: TrainConfig, data: FER2013 | None = None) -> Run:
+        """Validate, load the data, build model/optimiser/schedule, restore ``last.pt`` with
+        ``resume``. Bad input raises (``ValueError``, ``FileNotFoundError``) before the output
+        folder is created."""
+        cfg.validate()
+        rank, world = init_distributed(cfg.device)
+        device = _device(cfg.device)
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+            torch.cuda.set_device(device)
+        data = prepare_data(cfg, data)
+        torch.manual_seed(cfg.seed)
+        run = cls(cfg=cfg, data=data, model=build_model(cfg).to(device), device=device, rank=rank, world=world)
+        run.data_warnings = data.check()
+        run._build_optimiser()
+        os.makedirs(cfg.out, exist_ok=True)
+        if cfg.resume:
+            run._restore()
         if rank == 0:
-            print(f"resumed from {last_path} after epoch {ckpt['epoch'] + 1}")
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    writer = None
-    if cfg.tensorboard and rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
+            print(data.describe())
+            for w in run.data_warnings:
+                print(f"warning: {w}")
+            run._write_config()
+        return run
 
-        writer = SummaryWriter(os.path.join(cfg.out, "tb"))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else None
+    def _build_optimiser(self) -> None:
+        cfg, params = self.cfg, self.model.parameters()
+        if cfg.optimizer == "adamw":
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
+        per_rank = self.data.labels["train"].numel() // self.world
+        self.steps_per_epoch = max(1, -(-per_rank // cfg.batch_size))
+        # Linear warm-up then cosine decay, a function of the step only: a resumed run with more
+        # epochs continues on the schedule of its new length.
+        total = self.epochs * self.steps_per_epoch
+        warmup = max(1, int(0.05 * total))
 
-    for epoch in range(start_epoch, epochs):
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor)
+        self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+
+    def _restore(self) -> None:
+        if not os.path.exists(self.last_path):
+            if self.rank == 0:
+                print(f"note: --resume: no checkpoint at {self.last_path}; starting from epoch 1")
+            return
+        ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.sched.load_state_dict(ckpt["scheduler"])
+        self.start_epoch, self.best_acc, self.history = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["history"]
+        set_rng_state(ckpt["rng"])
+        self.resumed_from = self.last_path
+        if self.rank == 0:
+            print(f"resumed from {self.last_path} after epoch {ckpt['epoch'] + 1}")
+
+    def _write_config(self) -> None:
+        import json
+
+        ran = self.cfg.to_dict()
+        ran["epochs"] = self.epochs  # what runs: --quick trains one epoch whatever epochs says
+        with open(os.path.join(self.cfg.out, "config.json"), "w") as f:
+            json.dump(ran, f, indent=1)
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One pass over this rank's shard of the epoch's permutation; returns the metrics row."""
+        cfg, model = self.cfg, self.model
         model.train()
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        perm = torch.randperm(y_train.numel(), generator=g)
-        perm = perm[rank::world]
-        seen, correct, loss_sum, t0 = 0, 0, 0.0, time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # shuffling and augmentation
+        x_train, y_train = self.data.images["train"], self.data.labels["train"]
+        perm = shard(torch.randperm(y_train.numel(), generator=g), self.rank, self.world)
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else None
+        seen, correct, loss_sum, lr, t0 = 0, 0, 0.0, 0.0, time.perf_counter()
         bar = tqdm(
-            range(0, perm.numel(), cfg.batch_size), desc=f"epoch {epoch + 1}/{epochs}", disable=rank != 0, leave=False
+            range(0, perm.numel(), cfg.batch_size),
+            desc=f"epoch {epoch + 1}/{self.epochs}",
+            disable=self.rank != 0,
+            leave=False,
         )
         for start in bar:
             idx = perm[start : start + cfg.batch_size]
-            x = to_float(x_train[idx]).to(device, non_blocking=True)
-            y = y_train[idx].to(device)
+            x = to_float(x_train[idx]).to(self.device, non_blocking=True)
+            y = y_train[idx].to(self.device)
             if cfg.augment:
                 x = augment_batch(x, generator=g)
             if autocast is not None:
                 with autocast:
-                    logits = net(x)
+                    logits = self.net(x)
             else:
-                logits = net(x)
+                logits = self.net(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            sched.step()
+            lr = self.opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
+            self.opt.step()
+            self.sched.step()
             model.after_optimizer_step()
-            _sync_plastic(model, world)
+            self._sync_plastic()
             seen += y.numel()
             correct += int((logits.argmax(-1) == y).sum())
             loss_sum += float(loss.detach()) * y.numel()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
         seconds = time.perf_counter() - t0
-        accs = {s: evaluate(model, data.images[s], data.labels[s], device)["accuracy"] for s in eval_splits}
-        selection_acc = accs[cfg.select_on]
-        row = {
+        return {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
             "train_acc": correct / max(seen, 1),
+            "lr": lr,
+            "seconds": seconds,
+            "images_per_s": seen * self.world / max(seconds, 1e-9),
+        }
+
+    def _sync_plastic(self) -> None:
+        """Average the plastic weights (changed outside autograd) so that ranks stay identical."""
+        if self.world == 1:
+            return
+        for layer in self.model.connectome_layers():
+            p = layer.values if hasattr(layer, "values") else layer.weight
+            dist.all_reduce(p.data)
+            p.data /= self.world
+
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        """Evaluate the selection splits, log, and write ``last.pt`` (and ``best.pt`` when better)."""
+        accs = {
+            s: evaluate(self.model, self.data.images[s], self.data.labels[s], self.device)["accuracy"]
+            for s in self.eval_splits
+        }
+        row = {
+            **row,
             "public_acc": accs["public_test"],
             **({"holdout_acc": accs["holdout"]} if "holdout" in accs else {}),
-            "lr": sched.get_last_lr()[0],
-            "seconds": seconds,
-            "images_per_s": seen * world / max(seconds, 1e-9),
         }
-        history.append(row)
-        if rank == 0:
-            print(
-                f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-                f"public {row['public_acc']:.4f}"
-                + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
-                + f" ({row['images_per_s']:.0f} img/s)"
+        self.history.append(row)
+        selection_acc = accs[self.cfg.select_on]
+        improved = selection_acc > self.best_acc
+        self.best_acc = max(self.best_acc, selection_acc)
+        if self.rank != 0:
+            return
+        print(
+            f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
+            + f" public {row['public_acc']:.4f}"
+            + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
+            + f" ({row['images_per_s']:.0f} img/s)"
+        )
+        if improved:  # the model only: evaluation and users need nothing else
+            save_atomic(
+                {"model": self.model.state_dict(), "epoch": epoch, "config": self.cfg.to_dict()}, self.best_path
             )
-            if writer is not None:
-                for k, v in row.items():
-                    writer.add_scalar(k, v, epoch + 1)
-            ckpt = {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
+        save_atomic(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(),
+                "rng": rng_state(),
                 "epoch": epoch,
-                "best_acc": max(best_acc, selection_acc),
-                "history": history,
-                "config": cfg.to_dict(),
-            }
-            if selection_acc > best_acc:
-                _save_atomic(ckpt, best_path)
-            _save_atomic(ckpt, last_path)
-            _write_metrics(os.path.join(cfg.out, "metrics.csv"), history)
-        best_acc = max(best_acc, selection_acc)
+                "best_acc": self.best_acc,
+                "history": self.history,
+                "config": self.cfg.to_dict(),
+            },
+            self.last_path,
+        )
+        write_metrics(os.path.join(self.cfg.out, "metrics.csv"), self.history)
 
-    results = {}
-    if rank == 0:
-        if os.path.exists(best_path):
-            model.load_state_dict(torch.load(best_path, map_location=device, weights_only=False)["model"])
-        results = {s: evaluate(model, data.images[s], data.labels[s], device) for s in [*eval_splits, "private_test"]}
-        if cfg.tta:  # ten-crop columns beside the plain ones, from the same checkpoint
+    def finish(self) -> dict:
+        """Evaluate the best checkpoint on every split (and with ten crops when ``tta``), write
+        ``results.json`` and the plots; returns the results (empty on ranks other than 0)."""
+        if self.rank != 0:
+            return {}
+        import json
+
+        model, data, device = self.model, self.data, self.device
+        if os.path.exists(self.best_path):
+            model.load_state_dict(torch.load(self.best_path, map_location=device, weights_only=False)["model"])
+        splits = [*self.eval_splits, "private_test"]
+        results = {s: evaluate(model, data.images[s], data.labels[s], device) for s in splits}
+        if self.cfg.tta:  # ten-crop columns beside the plain ones, from the same checkpoint
             results.update(
-                {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True) for s in list(results)}
+                {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True) for s in splits}
             )
         results.update(
             {
-                "selected_on": cfg.select_on,
-                "best_selection_acc": best_acc,
-                "epochs": epochs,
-                "history": history,
-                "seed": cfg.seed,
-                "config": cfg.to_dict(),
+                "selected_on": self.cfg.select_on,
+                "best_selection_acc": self.best_acc,
+                "epochs": self.epochs,
+                "history": self.history,
+                "seed": self.cfg.seed,
+                "config": self.cfg.to_dict(),
                 "versions": _versions(),
                 "device": str(device),
-                "world_size": world,
+                "world_size": self.world,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "n_parameters": sum(p.numel() for p in model.parameters()),
                 "data_source": data.source,
                 "data_file": os.path.basename(data.file) if data.file else None,
                 "data_md5": file_md5(data.file) if data.file else None,
-                "data_warnings": data_warnings,
+                "data_warnings": self.data_warnings,
                 "split_sizes": {s: y.numel() for s, y in data.labels.items()},
             }
         )
-        with open(os.path.join(cfg.out, "results.json"), "w") as f:
+        with open(os.path.join(self.cfg.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
-        _plots(cfg.out, history, results["private_test"]["confusion"])
+        plot_run(self.cfg.out, self.history, results["private_test"]["confusion"])
         print(
             f"PublicTest {results['public_test']['accuracy']:.4f}, "
             + (f"hold-out {results['holdout']['accuracy']:.4f}, " if "holdout" in results else "")
             + f"PrivateTest {results['private_test']['accuracy']:.4f}"
-            + (f" (ten-crop {results['private_test_tta']['accuracy']:.4f})" if cfg.tta else "")
-            + f" -> {cfg.out}/results.json"
+            + (f" (ten-crop {results['private_test_tta']['accuracy']:.4f})" if self.cfg.tta else "")
+            + f" -> {self.cfg.out}/results.json"
         )
-    if writer is not None:
-        writer.close()
-    return results
+        return results
+
+    def fit(self) -> dict:
+        writer = None
+        if self.cfg.tensorboard and self.rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(self.cfg.out, "tb"))
+        try:
+            for epoch in range(self.start_epoch, self.epochs):
+                self.end_epoch(epoch, self.train_epoch(epoch))
+                if writer is not None:
+                    for k, v in self.history[-1].items():
+                        writer.add_scalar(k, v, epoch + 1)
+            return self.finish()
+        finally:
+            if writer is not None:
+                writer.close()
+
+    def completed_epochs(self) -> int:
+        return len(self.history)
 
 
-def _write_metrics(path: str, history: list[dict]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
-        w.writeheader()
-        w.writerows(history)
-    os.replace(tmp, path)
-
-
-def _plots(out: str, history: list[dict], confusion: list[list[int]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cm = torch.tensor(confusion, dtype=torch.float64)
-    norm = cm / cm.sum(1, keepdim=True).clamp_min(1)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=45, ha="right")
-    ax.set_yticks(range(len(CLASSES)), CLASSES)
-    for i in range(len(CLASSES)):
-        for j in range(len(CLASSES)):
-            ax.text(
-                j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color="w" if norm[i, j] > 0.5 else "k"
-            )
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("PrivateTest confusion (row-normalised)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "confusion_matrix.png"), dpi=130)
-    plt.close(fig)
-    if history:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ep = [h["epoch"] for h in history]
-        ax.plot(ep, [h["train_acc"] for h in history], label="train (augmented)")
-        ax.plot(ep, [h["public_acc"] for h in history], label="PublicTest")
-        if "holdout_acc" in history[0]:
-            ax.plot(ep, [h["holdout_acc"] for h in history], label="hold-out (from Training)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("accuracy")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, "learning_curves.png"), dpi=130)
-        plt.close(fig)
+def train(cfg: TrainConfig, data: FER2013 | None = None) -> dict:
+    """Train and evaluate (``Run.setup(cfg, data).fit()``); returns the ``results.json`` content.
+    Works the same from Python and from the CLI, ``torchrun`` included."""
+    return Run.setup(cfg, data).fit()

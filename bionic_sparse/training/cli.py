@@ -1,0 +1,131 @@
+"""``python -m bionic_sparse.training`` / ``bionic-train``: train BioNIC (or the baseline) on FER-2013.
+
+    bionic-train --sparse --data PATH                  # BioNIC on the block-sparse engine
+    bionic-train --dense-masked --data PATH            # the same model, dense masked execution
+    bionic-train --baseline --data PATH                # conventional baseline, same widths
+    bionic-train --sparse --quick --data PATH          # first 300 images per split, one epoch
+    torchrun --nproc_per_node 2 -m bionic_sparse.training --sparse --data PATH
+
+``--data`` defaults to ``$BIONIC_FER2013`` or ``./data/fer2013``. ``--config FILE`` (JSON or YAML)
+sets any TrainConfig / BioNICConfig field (model fields under ``model_config``); flags override it.
+Bad input ends with one ``error:`` line and exit code 2; Ctrl-C ends with the command that
+continues the run and exit code 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from .config import TrainConfig, load_config_file
+from .trainer import Run
+
+__all__ = ["build_parser", "config_from_args", "main"]
+
+# flags copied onto TrainConfig fields of the same name when given
+_OVERRIDES = (
+    "data", "epochs", "batch_size", "lr", "seed", "device", "amp", "tta", "out", "quick",
+    "train_images", "holdout", "select_on", "resume", "tensorboard",
+)  # fmt: skip
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=prog, description="Train BioNIC on FER-2013")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--sparse", action="store_true", help="BioNIC on the block-sparse engine (default)")
+    mode.add_argument("--dense-masked", action="store_true", help="BioNIC with dense masked execution")
+    mode.add_argument("--baseline", action="store_true", help="conventional dense baseline of the same widths")
+    ap.add_argument("--config", help="JSON/YAML file with TrainConfig fields")
+    ap.add_argument("--data", help="FER-2013 CSV(.gz), image-folder root or .zip, or .npz (default $BIONIC_FER2013)")
+    ap.add_argument("--connectome", help="'synthetic' (default) or a cached Column directory")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float)
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    ap.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
+    ap.add_argument("--tta", action="store_true", default=None, help="also evaluate with ten-crop TTA at the end")
+    ap.add_argument("--out", help="output directory (default runs/fer/<model>-seed<k>)")
+    ap.add_argument("--quick", action="store_true", default=None, help="first 300 images per split, one epoch")
+    ap.add_argument("--train-images", type=int, help="keep this many training images (stratified, seeded)")
+    ap.add_argument("--holdout", type=float, help="fraction of Training held out as an in-distribution split")
+    ap.add_argument("--select-on", choices=["public_test", "holdout"], help="split for model selection")
+    ap.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
+    ap.add_argument("--tensorboard", action="store_true", default=None)
+    return ap
+
+
+def config_from_args(argv: list[str], prog: str | None = None) -> TrainConfig:
+    """Flags (and the config file they name) -> a validated :class:`TrainConfig`."""
+    args = build_parser(prog).parse_args(argv)
+    d = load_config_file(args.config) if args.config else {}
+    model_cfg = dict(d.pop("model_config", {}) or {})
+    if args.baseline:
+        d["model"] = "baseline"
+    elif args.dense_masked:
+        d["model"], model_cfg["execution"] = "bionic", "dense_masked"
+    elif args.sparse:
+        d["model"], model_cfg["execution"] = "bionic", "sparse"
+    if args.connectome:
+        model_cfg["connectome"] = args.connectome
+    d.update({k: getattr(args, k) for k in _OVERRIDES if getattr(args, k) is not None})
+    d["model_config"] = model_cfg
+    cfg = TrainConfig.from_dict(d)
+    if "out" not in d:
+        tag = cfg.model if cfg.model == "baseline" else f"bionic-{cfg.model_config.execution}"
+        cfg.out = os.path.join("runs", "fer", f"{tag}-seed{cfg.seed}")
+    cfg.validate()
+    return cfg
+
+
+def _prog() -> str:
+    """How the user started us, to print a command they can paste."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if argv0.endswith("__main__.py") or not argv0:
+        return "python -m bionic_sparse.training"
+    if argv0.endswith(".py"):
+        return f"python {argv0}"
+    return os.path.basename(argv0)
+
+
+def _interrupted(run: Run, argv: list[str], prog: str) -> None:
+    print(file=sys.stderr)  # end the progress bar's line
+    done = run.completed_epochs()
+    if done == 0:
+        print(
+            "interrupted before the first epoch ended; no checkpoint was written: run the same command to start again",
+            file=sys.stderr,
+        )
+        return
+    again = " ".join(shlex.quote(a) for a in [*shlex.split(prog), *argv, *([] if "--resume" in argv else ["--resume"])])
+    print(
+        f"interrupted in epoch {done + 1}/{run.epochs}; {run.last_path} holds epoch {done}. Continue with: {again}",
+        file=sys.stderr,
+    )
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = prog or _prog()
+    try:
+        try:
+            run = Run.setup(config_from_args(argv, prog))
+        except (FileNotFoundError, ValueError) as e:  # bad flags, config file or data: no traceback
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ninterrupted before training started; nothing to resume", file=sys.stderr)
+            return 130
+        try:
+            run.fit()
+        except KeyboardInterrupt:
+            _interrupted(run, argv, prog)
+            return 130
+        return 0
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,78 @@
+"""The package stands on its own: entry points, declared dependencies, no references to this
+repository's scripts/ or to any particular machine's files."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _py_files(folder: str) -> list[str]:
+    return glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True)
+
+
+def test_the_training_package_never_refers_to_scripts():
+    for path in _py_files("bionic_sparse/training"):
+        with open(path) as f:
+            assert "scripts" not in f.read(), path
+
+
+@pytest.mark.parametrize("folder", ["bionic_sparse", "triton_kernels", "scripts", "tests", "benchmarks", "configs"])
+def test_no_text_about_one_machines_files(folder):
+    files = (
+        _py_files(folder)
+        + glob.glob(os.path.join(ROOT, folder, "*.json"))
+        + glob.glob(os.path.join(ROOT, folder, "*.sh"))
+    )
+    for path in files:
+        if os.path.abspath(path) == os.path.abspath(__file__):
+            continue
+        with open(path) as f:
+            text = f.read()
+        assert "shared/data" not in text and "../shared" not in text, path
+
+
+def test_readme_and_result_readmes_describe_the_project():
+    for path in [
+        os.path.join(ROOT, "README.md"),
+        *glob.glob(os.path.join(ROOT, "results", "**", "README.md"), recursive=True),
+    ]:
+        with open(path) as f:
+            text = f.read()
+        assert "shared/data" not in text and "this workplace" not in text, path
+
+
+def test_entry_points_and_dependencies_are_declared():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    assert project["scripts"] == {
+        "bionic-train": "bionic_sparse.training.cli:main",
+        "bionic-ablations": "bionic_sparse.training.ablation:main",
+    }
+    train = " ".join(project["optional-dependencies"]["train"])
+    for dep in ("pyyaml", "matplotlib", "tqdm", "torchvision", "pillow"):
+        assert dep in train, dep
+    assert not any(d.startswith(("matplotlib", "tqdm", "torchvision")) for d in project["dependencies"])
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "bionic_sparse.training", "--help"], capture_output=True, text=True)
+    assert proc.returncode == 0 and "--resume" in proc.stdout and "--tta" in proc.stdout
+
+
+def test_run_plots_raise_no_deprecation_warnings(tmp_path):
+    from bionic_sparse.training.report import plot_run
+
+    history = [{"epoch": 1, "train_acc": 0.3, "public_acc": 0.25}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_run(str(tmp_path), history, [[1] * 7 for _ in range(7)])
+    assert (tmp_path / "learning_curves.png").exists() and (tmp_path / "confusion_matrix.png").exists()

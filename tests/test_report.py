@@ -1,0 +1,58 @@
+"""The multi-run report: run discovery in both folder layouts, the accuracy table, the figures."""
+
+from __future__ import annotations
+
+import json
+
+from bionic_sparse.training.fer_table import main
+from bionic_sparse.training.report import accuracy_table, collect_runs
+
+
+def _result(seed: int, acc: float, tta: float | None, epochs: int = 3) -> dict:
+    confusion = [[5 if i == j else 1 for j in range(7)] for i in range(7)]
+    r = {
+        "seed": seed,
+        "epochs": epochs,
+        "device": "cpu",
+        "best_selection_acc": acc,
+        "data_md5": "0" * 32,
+        "versions": {"cuda_device": None, "cpu": "Test CPU (2 cores)"},
+        "private_test": {"accuracy": acc, "confusion": confusion},
+        "public_test": {"accuracy": acc - 0.01, "confusion": confusion},
+        "history": [
+            {
+                "epoch": e + 1,
+                "public_acc": acc * (e + 1) / epochs,
+                "train_acc": 0.5,
+                "seconds": 60.0,
+                "images_per_s": 100.0,
+            }
+            for e in range(epochs)
+        ],
+    }
+    if tta is not None:
+        r["private_test_tta"] = {"accuracy": tta, "confusion": confusion}
+    return r
+
+
+def test_table_and_figures_from_both_folder_layouts(tmp_path, capsys):
+    for seed, (a, b) in enumerate([(0.50, 0.40), (0.52, 0.42), (0.54, 0.44)]):
+        for name, acc in (("full", a), ("baseline", b)):
+            d = tmp_path / name / f"seed{seed}"  # the ablation runner's layout
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps(_result(seed, acc, acc + 0.02)))
+    d = tmp_path / "extra-seed7"  # fer_runs' older layout
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps(_result(7, 0.30, None)))
+    groups = collect_runs(str(tmp_path))
+    assert [r["seed"] for r in groups["full"]] == [0, 1, 2] and len(groups["extra"]) == 1
+    lines = accuracy_table(groups).splitlines()
+    full = next(line for line in lines if line.startswith("| full |"))
+    assert "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | 51.00 ± 2.00 | 3.0 | 100 | Test CPU (2 cores) |" in full
+    extra = next(line for line in lines if line.startswith("| extra |"))
+    assert "| 30.00 ± 0.00 | - |" in extra  # no ten-crop column in that run
+    assert main([str(tmp_path), "--out", str(tmp_path / "rep"), "--models", "full", "baseline"]) == 0
+    for name in ("table.md", "learning_curves.png", "confusion_best_full.png", "confusion_best_baseline.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 100, name
+    assert main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.startswith("error: no results.json")

@@ -30,8 +30,8 @@ import triton
 from triton.testing import do_bench
 
 from bionic_sparse import BlockSparseMatrix
-from triton_kernels.bsr_linear import MATERIALIZE_MIN_BATCH, bsr_linear_dx, bsr_linear_fwd, materialize
-from triton_kernels.bsr_sdd import bsr_sdd
+from bionic_sparse.triton_kernels.bsr_linear import MATERIALIZE_MIN_BATCH, bsr_linear_dx, bsr_linear_fwd, materialize
+from bionic_sparse.triton_kernels.bsr_sdd import bsr_sdd
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 

@@ -46,7 +46,7 @@ def bsr_linear(
 ) -> Tensor:
     """``y[..., n_out] = x @ W_eff^T + bias`` (DSD over the block-row index)."""
     if use_triton(x):
-        from triton_kernels.bsr_linear import bsr_linear_fwd
+        from .triton_kernels.bsr_linear import bsr_linear_fwd
 
         return bsr_linear_fwd(
             x=x,
@@ -89,7 +89,7 @@ def bsr_linear_dx(
 ) -> Tensor:
     """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward)."""
     if use_triton(dy):
-        from triton_kernels.bsr_linear import bsr_linear_dx as triton_dx
+        from .triton_kernels.bsr_linear import bsr_linear_dx as triton_dx
 
         return triton_dx(
             dy=dy,
@@ -132,7 +132,7 @@ def bsr_linear_dw(
 ) -> Tensor:
     """``dvalues[nnzb, b, b]``: gradient on the stored blocks only, zero off the synapse mask."""
     if use_triton(dy):
-        from triton_kernels.bsr_sdd import bsr_sdd
+        from .triton_kernels.bsr_sdd import bsr_sdd
 
         dw, _ = bsr_sdd(
             dy=dy,
@@ -192,7 +192,7 @@ bsr_linear.register_autograd(_backward, setup_context=_setup_context)
 
 def _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate):
     if use_triton(values):
-        from triton_kernels.bsr_sdd import bsr_hebbian_update
+        from .triton_kernels.bsr_sdd import bsr_hebbian_update
 
         return bsr_hebbian_update(
             values=values,

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from triton_kernels._common import matmul_configs  # noqa: E402
+from bionic_sparse.triton_kernels._common import matmul_configs  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MATMUL_KERNELS = ("fwd", "dx", "sdd")
@@ -57,7 +57,7 @@ def variants(block_sizes: list[int]) -> list[dict]:
 
 
 def _one(v: dict) -> dict:
-    from triton_kernels.aot import SMEM_LIMIT, compile_variant
+    from aot import SMEM_LIMIT, compile_variant
 
     try:
         r = compile_variant(**v)

@@ -21,9 +21,9 @@ pytestmark = [
 triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
-from triton_kernels import _common  # noqa: E402
-from triton_kernels.bsr_linear import bsr_linear_dx, bsr_linear_fwd, materialize  # noqa: E402
-from triton_kernels.bsr_sdd import bsr_hebbian_update, bsr_sdd  # noqa: E402
+from bionic_sparse.triton_kernels import _common  # noqa: E402
+from bionic_sparse.triton_kernels.bsr_linear import bsr_linear_dx, bsr_linear_fwd, materialize  # noqa: E402
+from bionic_sparse.triton_kernels.bsr_sdd import bsr_hebbian_update, bsr_sdd  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
 

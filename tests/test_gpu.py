@@ -28,7 +28,7 @@ SIZES = [
 
 @pytest.fixture(autouse=True)
 def _poison(monkeypatch):
-    from triton_kernels import _common
+    from bionic_sparse.triton_kernels import _common
 
     monkeypatch.setattr(_common, "POISON", True)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -88,7 +88,7 @@ def test_plasticity_on_gpu_matches_cpu():
 
 
 def test_split_batch_weight_gradient():
-    from triton_kernels.bsr_sdd import bsr_sdd
+    from bionic_sparse.triton_kernels.bsr_sdd import bsr_sdd
 
     m = BlockSparseMatrix.from_block_mask(torch.eye(4, dtype=torch.bool), 64).to("cuda")  # 4 blocks: split
     m.values = torch.randn_like(m.values)

@@ -76,3 +76,22 @@ def test_run_plots_raise_no_deprecation_warnings(tmp_path):
         warnings.simplefilter("error")
         plot_run(str(tmp_path), history, [[1] * 7 for _ in range(7)])
     assert (tmp_path / "learning_curves.png").exists() and (tmp_path / "confusion_matrix.png").exists()
+
+
+def test_kernels_import_under_the_project_namespace(tmp_path):
+    """triton_kernels/ installs as bionic_sparse.triton_kernels: no top-level name that Triton's
+    own kernel library or the PyPI package triton-kernels could shadow, or be shadowed by."""
+    code = (
+        "import importlib.util, bionic_sparse.triton_kernels as tk, bionic_sparse.triton_kernels.bsr_sdd as s;"
+        "print(tk.__file__); print(s.__name__); print(importlib.util.find_spec('triton_kernels'))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kernels_file, module, top_level = proc.stdout.split("\n")[:3]
+    assert os.path.samefile(kernels_file, os.path.join(ROOT, "triton_kernels", "__init__.py"))
+    assert module == "bionic_sparse.triton_kernels.bsr_sdd"
+    assert top_level == "None"
+
+
+def test_developer_tools_do_not_ship():
+    assert not os.path.exists(os.path.join(ROOT, "triton_kernels", "aot.py"))

@@ -18,8 +18,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from .bsr_linear import _bsr_linear_bwd_dx_kernel, _bsr_linear_fwd_kernel, _bsr_materialize_kernel
-from .bsr_sdd import _bsr_hebbian_finish_kernel, _bsr_sdd_kernel
+from bionic_sparse.triton_kernels.bsr_linear import (
+    _bsr_linear_bwd_dx_kernel,
+    _bsr_linear_fwd_kernel,
+    _bsr_materialize_kernel,
+)
+from bionic_sparse.triton_kernels.bsr_sdd import _bsr_hebbian_finish_kernel, _bsr_sdd_kernel
 
 # Shared memory per block available to a kernel (opt-in maximum), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}

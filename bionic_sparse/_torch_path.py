@@ -22,10 +22,7 @@ import threading
 import torch
 
 from .noise import synapse_noise
-
-MULTIPLICATIVE = "multiplicative"
-ADDITIVE = "additive"
-NOISE_MODES = (MULTIPLICATIVE, ADDITIVE)
+from .plasticity import MULTIPLICATIVE, homeostatic_scale
 
 _workspaces = threading.local()
 
@@ -196,19 +193,6 @@ def linear_dw(
         return torch.bmm(dy_g, x_g.transpose(1, 2))
     full = _pad_cols(dy2d, R * b).t() @ _pad_cols(x2d, C * b)
     return _blocks_from_dense(full, row, col, b)
-
-
-def homeostatic_scale(post_rate: torch.Tensor, target_rate: float, homeo_rate: float) -> torch.Tensor:
-    """Per-postsynaptic-row synaptic scaling ``1 + homeo_rate (target - r) / (target + |r|)``
-    ``[n_out]``: above 1 for rows below the target rate, in ``(1 - homeo_rate, 1 + homeo_rate)``."""
-    rate = post_rate.to(torch.promote_types(post_rate.dtype, torch.float32))
-    return 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
-
-
-def update_rate_(post_rate: torch.Tensor, post: torch.Tensor, momentum: float) -> None:
-    """EMA of the mean absolute activity per output unit: ``r <- m r + (1 - m) mean_batch |post|``."""
-    post2d = post.reshape(-1, post_rate.shape[0])
-    post_rate.mul_(momentum).add_(post2d.abs().mean(0).to(post_rate.dtype), alpha=1 - momentum)
 
 
 def hebbian_update(

@@ -7,8 +7,8 @@ import math
 import torch
 
 from . import ops
-from ._torch_path import NOISE_MODES
 from .format import BlockSparseMatrix
+from .plasticity import NOISE_MODES
 
 __all__ = ["bsr_linear", "plasticity_update", "check_gpu_block_size"]
 

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from . import functional as F
-from ._torch_path import NOISE_MODES, homeostatic_scale, update_rate_
 from .format import BlockSparseMatrix, _as_mask_tensor
+from .plasticity import NOISE_MODES, dense_plasticity, update_rate_
 
 __all__ = ["SparseConnectomeLinear", "MaskedLinear"]
 
@@ -315,15 +315,10 @@ class MaskedLinear(_PlasticityMixin, nn.Module):
         return self.weight
 
     def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
-        """Same rule as ``bionic_sparse.plasticity_update``, in dense form."""
-        pre = pre.reshape(-1, self.in_features).to(self.weight.dtype)
-        post = post.reshape(-1, self.out_features).to(self.weight.dtype)
-        w = self.weight
-        new = w + eta * (post.T @ pre / max(pre.shape[0], 1) - oja * post.pow(2).mean(0)[:, None] * w)
-        if homeo_rate:
-            new = new * homeostatic_scale(self.post_rate, target_rate, homeo_rate).to(new.dtype)[:, None]
-        new = torch.where(new * w < 0, torch.zeros_like(new), new)
-        w.copy_(new * self.mask)
+        """The dense reference rule itself (:func:`bionic_sparse.plasticity.dense_plasticity`)."""
+        self.weight.copy_(
+            dense_plasticity(self.weight, self.mask, pre, post, eta, oja, self.post_rate, target_rate, homeo_rate)
+        )
 
     @torch.no_grad()
     def constrain_(self) -> None:

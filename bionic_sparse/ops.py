@@ -4,7 +4,8 @@ Each op has a fake (shape-only) registration for ``torch.compile`` and the forwa
 autograd registration whose backward calls the two gradient ops, so all three appear as opaque
 nodes in compiled graphs. The implementation dispatches per call: Triton kernels for CUDA tensors
 (and for CPU tensors under ``BIONIC_SPARSE_BACKEND=triton`` with ``TRITON_INTERPRET=1``), the
-PyTorch path in :mod:`bionic_sparse._torch_path` otherwise.
+PyTorch path in :mod:`bionic_sparse._torch_path` otherwise; the shared biology is in
+:mod:`bionic_sparse.plasticity`.
 
 Index arguments are the int32 views of :class:`bionic_sparse.BlockSparseMatrix`
 (``crow, col, row, ccol_t, row_t, perm_t``); every op takes all of them so that the backends can
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from . import _torch_path as tp
 from .backend import cpu_method, use_triton
+from .plasticity import MULTIPLICATIVE, homeostatic_scale
 
 __all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_hebbian", "bsr_hebbian_"]
 
@@ -59,7 +61,7 @@ def bsr_linear(
             n_out=n_out,
             sigma=sigma,
             seed=seed,
-            multiplicative=noise_mode == tp.MULTIPLICATIVE,
+            multiplicative=noise_mode == MULTIPLICATIVE,
         )
     w = tp.effective_values(values, synapse_mask, sigma, seed, noise_mode)
     return tp.linear_fwd(x, w, row, col, sign, bias, n_out, _method(values, crow, ccol_t))
@@ -102,7 +104,7 @@ def bsr_linear_dx(
             n_in=n_in,
             sigma=sigma,
             seed=seed,
-            multiplicative=noise_mode == tp.MULTIPLICATIVE,
+            multiplicative=noise_mode == MULTIPLICATIVE,
         )
     w = tp.effective_values(values, synapse_mask, sigma, seed, noise_mode)
     return tp.linear_dx(dy, w, row, col, sign, n_in, _method(values, crow, ccol_t))
@@ -144,13 +146,13 @@ def bsr_linear_dw(
             sign=sign,
             sigma=sigma,
             seed=seed,
-            multiplicative=noise_mode == tp.MULTIPLICATIVE,
+            multiplicative=noise_mode == MULTIPLICATIVE,
         )
         return dw
     b = values.shape[-1]
     dw = tp.linear_dw(dy, x, row, col, sign, b, _method(values, crow, ccol_t)).to(values.dtype)
     noise = tp.noise_factor(values, sigma, seed, noise_mode)
-    if noise is not None and noise_mode == tp.MULTIPLICATIVE:
+    if noise is not None and noise_mode == MULTIPLICATIVE:
         dw = dw * (1.0 + noise)
     if synapse_mask is not None:
         dw = dw * synapse_mask
@@ -203,7 +205,7 @@ def _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oj
             synapse_mask=synapse_mask,
             row_scale=None
             if homeo_rate == 0.0 or post_rate is None
-            else tp.homeostatic_scale(post_rate, target_rate, homeo_rate),
+            else homeostatic_scale(post_rate, target_rate, homeo_rate),
             eta=eta,
             oja=oja,
         )

@@ -10,6 +10,7 @@ import torch
 from bionic_sparse import BlockSparseMatrix
 from bionic_sparse import _torch_path as tp
 from bionic_sparse.noise import philox4x32, synapse_randn
+from bionic_sparse.plasticity import homeostatic_scale
 
 from .conftest import dense_oracle_weight, interpreter_enabled, make_mask, rel_err
 
@@ -81,7 +82,7 @@ def test_kernels_match_oracle(n_out, n_in, b, density, fill, batch, sigma, mult,
         post=post,
         eta=0.2,
         oja=1.0,
-        row_scale=tp.homeostatic_scale(rate, 0.3, 0.1),
+        row_scale=homeostatic_scale(rate, 0.3, 0.1),
     )
     factor = 1 + sigma * tp.noise_factor(m.values.double(), 1.0, 77, mode) if sigma and mult else 1.0
     dw_ref = m.gather_blocks(dy.double().T @ (x.double() * sign.double())) * factor

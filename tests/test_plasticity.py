@@ -7,19 +7,14 @@ import torch
 
 import bionic_sparse as bs
 from bionic_sparse import BlockSparseMatrix
+from bionic_sparse.plasticity import dense_plasticity as reference
 
 from .conftest import make_mask, rel_err
 
 
 def dense_plasticity(w, mask, pre, post, eta, oja, rate, target, homeo):
-    """Reference on dense float64 matrices [n_out, n_in]."""
-    batch = pre.shape[0]
-    hebb = post.T @ pre / batch
-    new = w + eta * (hebb - oja * (post**2).mean(0)[:, None] * w)
-    if homeo and rate is not None:
-        new = new * (1 + homeo * (target - rate) / (target + rate.abs()))[:, None]
-    new = torch.where(new * w < 0, torch.zeros_like(new), new)
-    return new * mask
+    """The library's dense reference, in the argument order of these tests."""
+    return reference(w, mask, pre, post, eta, oja, rate, target, homeo)
 
 
 @pytest.mark.parametrize("n_out,n_in,b", [(64, 64, 16), (70, 45, 16), (33, 50, 8)], ids=str)
@@ -98,6 +93,22 @@ def test_plasticity_errors():
         bs.plasticity_update(m, x, x, eta=0.1, homeo_rate=1.5)
     with pytest.raises(ValueError, match="eta must be finite"):
         bs.plasticity_update(m, x, x, eta=float("nan"))
+
+
+def test_dense_reference_written_out():
+    """The reference itself against the rule spelled out element by element (float64)."""
+    torch.manual_seed(3)
+    w, pre, post = torch.rand(3, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 3)
+    mask, rate = torch.rand(3, 4) < 0.7, torch.rand(3, dtype=torch.float64)
+    got = reference(w, mask, pre, post, 0.1, 0.5, rate, 0.3, 0.2)
+    p = post.double()
+    for i in range(3):
+        scale = 1 + 0.2 * (0.3 - rate[i]) / (0.3 + abs(rate[i]))
+        for j in range(4):
+            hebb = sum(p[b, i] * pre[b, j] for b in range(5)) / 5
+            new = (w[i, j] + 0.1 * (hebb - 0.5 * (p[:, i] ** 2).mean() * w[i, j])) * scale
+            new = 0.0 if new * w[i, j] < 0 else new
+            assert abs(got[i, j] - new * mask[i, j]) < 1e-12
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "dale"])

@@ -41,10 +41,15 @@ def _pyplot():
 DISPLAY_NAMES = {"full": "BioNIC (all biology)", "baseline": "conventional baseline"}
 
 
-def _integer_epochs(ax) -> None:
+def _integer_epochs(ax, epochs) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = int(min(epochs)), int(max(epochs))
+    if hi - lo < 15:  # MaxNLocator falls back to fractions over short ranges
+        ax.set_xticks(range(lo, hi + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(lo - 0.5, hi + 0.5)
 
 
 def plot_confusion(path: str, confusion: list[list[int]], title: str) -> None:
@@ -84,7 +89,7 @@ def plot_run(out: str, history: list[dict], confusion: list[list[int]]) -> None:
             ax.plot(ep, [h[key] for h in history], marker="o", label=label)  # markers: a 1-epoch run shows
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
-    _integer_epochs(ax)
+    _integer_epochs(ax, ep)
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "learning_curves.png"), dpi=130)
@@ -165,7 +170,7 @@ def plot_comparison(groups: dict[str, list[dict]], out: str, models: tuple[str, 
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.set_ylabel("%")
-        _integer_epochs(ax)
+        _integer_epochs(ax, ep)
         ax.legend()
     fig.suptitle("mean over seeds, band: min..max")
     fig.tight_layout()

@@ -95,3 +95,14 @@ def test_kernels_import_under_the_project_namespace(tmp_path):
 
 def test_developer_tools_do_not_ship():
     assert not os.path.exists(os.path.join(ROOT, "triton_kernels", "aot.py"))
+
+
+def test_demo_ends_with_the_fer_command(tmp_path):
+    demo = os.path.join(ROOT, "scripts", "demo.py")
+    args = ["--steps", "2", "--batch", "8", "--hidden", "256", "--block-size", "32", "--device", "cpu"]
+    proc = subprocess.run(
+        [sys.executable, demo, *args, "--out", str(tmp_path / "demo")], capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "-m bionic_sparse.training --sparse --data PATH" in last

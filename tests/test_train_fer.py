@@ -283,3 +283,35 @@ def test_shipped_configs_are_valid(name):
         cfg = TrainConfig.from_dict(json.load(f))
     cfg.validate()
     assert cfg.model_config.masks == "connectome"  # the full model; the runner applies the variants
+
+
+def test_resume_from_an_unusable_checkpoint_is_one_error_line(tiny_csv, tmp_path, capsys):
+    argv = ["--sparse", "--data", tiny_csv, "--out", str(tmp_path), "--device", "cpu", "--epochs", "1"]
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    assert main([*argv, "--resume"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == f"error: {tmp_path / 'last.pt'} cannot be read (UnpicklingError); delete it to start over"
+    )
+    (tmp_path / "last.pt").unlink()
+    assert main(argv) == 0
+    capsys.readouterr()
+    conf = tmp_path / "other.json"
+    conf.write_text(json.dumps({"model_config": {**TINY_MODEL, "units_per_neuron": 3}}))
+    assert main([*argv, "--resume", "--config", str(conf)]) == 2
+    assert "another model or model_config" in capsys.readouterr().err
+
+
+def test_ctrl_c_in_the_final_evaluation(tiny_csv, tmp_path, monkeypatch, capsys):
+    argv = ["--sparse", "--data", tiny_csv, "--out", str(tmp_path), "--device", "cpu", "--epochs", "1"]
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    real = Run.finish
+    monkeypatch.setattr(Run, "finish", interrupted)
+    assert main(argv) == 130
+    assert "interrupted in the final evaluation" in capsys.readouterr().err
+    monkeypatch.setattr(Run, "finish", real)
+    assert main([*argv, "--resume"]) == 0  # no epoch left: evaluates and writes results.json
+    assert (tmp_path / "results.json").exists()

@@ -93,6 +93,13 @@ def _prog() -> str:
 def _interrupted(run: Run, argv: list[str], prog: str) -> None:
     print(file=sys.stderr)  # end the progress bar's line
     done = run.completed_epochs()
+    if done >= run.epochs:
+        print(
+            f"interrupted in the final evaluation; {run.last_path} holds all {done} epochs: run the same "
+            "command with --resume to evaluate again",
+            file=sys.stderr,
+        )
+        return
     if done == 0:
         print(
             "interrupted before the first epoch ended; no checkpoint was written: run the same command to start again",

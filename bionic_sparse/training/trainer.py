@@ -23,6 +23,7 @@ ranks after each plasticity step, and rank 0 writes the files.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import platform
@@ -170,7 +171,11 @@ class Run:
     best_acc: float = -1.0
     history: list[dict] = field(default_factory=list)
     data_warnings: list[str] = field(default_factory=list)
-    resumed_from: str | None = None
+    # built by setup() from the fields above
+    opt: torch.optim.Optimizer = field(init=False)
+    sched: torch.optim.lr_scheduler.LambdaLR = field(init=False)
+    net: torch.nn.Module = field(init=False)  # the model, or its DistributedDataParallel wrapper
+    steps_per_epoch: int = field(init=False)
 
     @property
     def epochs(self) -> int:
@@ -240,19 +245,26 @@ class Run:
             if self.rank == 0:
                 print(f"note: --resume: no checkpoint at {self.last_path}; starting from epoch 1")
             return
-        ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        try:
+            ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
+        except Exception as e:  # a torn or foreign file: say which, and how to start over
+            raise ValueError(f"{self.last_path} cannot be read ({type(e).__name__}); delete it to start over") from None
+        mine = {k: v for k, v in self.cfg.to_dict().items() if k in ("model", "model_config")}
+        theirs = {k: ckpt.get("config", {}).get(k) for k in mine}
+        if json.loads(json.dumps(mine)) != json.loads(json.dumps(theirs)):
+            raise ValueError(
+                f"{self.last_path} was written by a run with another model or model_config; "
+                "use another --out or delete the checkpoint"
+            )
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
         self.start_epoch, self.best_acc, self.history = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["history"]
         set_rng_state(ckpt["rng"])
-        self.resumed_from = self.last_path
         if self.rank == 0:
             print(f"resumed from {self.last_path} after epoch {ckpt['epoch'] + 1}")
 
     def _write_config(self) -> None:
-        import json
-
         ran = self.cfg.to_dict()
         ran["epochs"] = self.epochs  # what runs: --quick trains one epoch whatever epochs says
         with open(os.path.join(self.cfg.out, "config.json"), "w") as f:
@@ -362,8 +374,6 @@ class Run:
         ``results.json`` and the plots; returns the results (empty on ranks other than 0)."""
         if self.rank != 0:
             return {}
-        import json
-
         model, data, device = self.model, self.data, self.device
         if os.path.exists(self.best_path):
             model.load_state_dict(torch.load(self.best_path, map_location=device, weights_only=False)["model"])

@@ -6,9 +6,9 @@
 # DATA: fer2013.csv(.gz) or the image-folder .zip; JOBS: runs in parallel (default 4; they share
 # the GPUs); CONFIG: default configs/fer-gpu.json. Resumable: run it again after an interruption.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-data=$1 out=$2 jobs=${3:-4} config=${4:-configs/fer-gpu.json}
-PY=${PYTHON:-python3}
+root=$(cd "$(dirname "$0")/.." && pwd)
+data=$1 out=$2 jobs=${3:-4} config=${4:-$root/configs/fer-gpu.json}
+PY=${PYTHON:-$( [ -x "$root/.venv/bin/python" ] && echo "$root/.venv/bin/python" || echo python3 )}
 $PY -m bionic_sparse.training.ablation --config "$config" --data "$data" --out "$out" --seeds 0 1 2 \
   --variants full baseline --jobs "$jobs"
 $PY -m bionic_sparse.training.fer_table "$out" --models full baseline

@@ -161,3 +161,22 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert main(["--config", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "is not valid JSON" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_fer_runs_script_makes_the_table(tiny_csv, tmp_path):
+    conf = tmp_path / "base.json"
+    conf.write_text(json.dumps(TINY))
+    env = dict(os.environ, PYTHON=sys.executable, RUN_FLAGS="--quick --jobs 2")
+    proc = subprocess.run(
+        ["bash", os.path.join(ROOT, "scripts", "fer_runs.sh"), tiny_csv, str(tmp_path / "fer"), str(conf), "0"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    table = (tmp_path / "fer" / "table.md").read_text()
+    assert "| full | 0 | 1 |" in table and "| baseline | 0 | 1 |" in table
+    assert (tmp_path / "fer" / "learning_curves.png").exists() and (
+        tmp_path / "fer" / "confusion_best_full.png"
+    ).exists()

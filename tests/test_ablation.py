@@ -163,6 +163,18 @@ def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_cli_ctrl_c_is_one_line(tmp_path, monkeypatch, capsys):
+    from bionic_sparse.training import ablation
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ablation, "run_ablations", interrupted)
+    assert ablation.main(["--out", str(tmp_path / "o"), "--seeds", "0"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("interrupted:") and "--out" in err[0]
+
+
 def test_fer_runs_script_makes_the_table(tiny_csv, tmp_path):
     conf = tmp_path / "base.json"
     conf.write_text(json.dumps(TINY))

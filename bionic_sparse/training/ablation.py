@@ -18,6 +18,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -312,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the runs were interrupted with us; finished ones are kept
+        again = " ".join(shlex.quote(a) for a in ["python -m bionic_sparse.training.ablation", *(argv or sys.argv[1:])])
+        print(
+            f"\ninterrupted: finished runs are kept, interrupted ones resume. Continue with: {again}", file=sys.stderr
+        )
+        return 130
     with open(os.path.join(args.out, "ablations.md")) as f:
         print(f.read())
     failed = [r for r in rows if r["status"].startswith("failed")]

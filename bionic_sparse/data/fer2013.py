@@ -232,9 +232,9 @@ def _preview(text: str, n: int = 60) -> str:
 
 
 def _parse_pixels(pixels: str, where: str) -> np.ndarray:
-    # NOTE: np.fromstring(sep=" ") parses a row in 77 us against 220 us for split() + int64
-    # (2304 values, 2-core CPU), a third of a full CSV load; it stops at the first bad token with
-    # a DeprecationWarning, so a row that does not parse cleanly is checked token by token.
+    # NOTE: np.fromstring(sep=" ") parses a row in 101 us against 442 us for split() + int64
+    # (medians, 2-core CPU, benchmarks/test_bench_fer_data.py); it stops at the first bad token
+    # with a DeprecationWarning, so a row that does not parse cleanly is checked token by token.
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)
         try:

@@ -315,3 +315,19 @@ def test_ctrl_c_in_the_final_evaluation(tiny_csv, tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(Run, "finish", real)
     assert main([*argv, "--resume"]) == 0  # no epoch left: evaluates and writes results.json
     assert (tmp_path / "results.json").exists()
+
+
+def test_a_closed_stdout_stops_quietly_after_the_checkpoint(tiny_csv, tmp_path):
+    """`bionic-train ... | head -1`: no BrokenPipeError traceback, and the epoch that was being
+    reported is already saved."""
+    out = tmp_path / "pipe"
+    cmd = _module_cmd("--sparse", "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--epochs", "50")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    while not proc.stdout.readline().startswith("epoch 1:"):
+        pass
+    proc.stdout.close()  # the reader goes away
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 141, err[-2000:]
+    assert "Traceback" not in err
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] >= 0

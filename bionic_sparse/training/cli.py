@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         except KeyboardInterrupt:
             _interrupted(run, argv, prog)
             return 130
+        except BrokenPipeError:  # `... | head`: the reader left; stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         return 0
     finally:
         import torch.distributed as dist

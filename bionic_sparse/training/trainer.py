@@ -344,12 +344,6 @@ class Run:
         self.best_acc = max(self.best_acc, selection_acc)
         if self.rank != 0:
             return
-        print(
-            f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
-            + f" public {row['public_acc']:.4f}"
-            + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
-            + f" ({row['images_per_s']:.0f} img/s)"
-        )
         if improved:  # the model only: evaluation and users need nothing else
             save_atomic(
                 {"model": self.model.state_dict(), "epoch": epoch, "config": self.cfg.to_dict()}, self.best_path
@@ -368,6 +362,12 @@ class Run:
             self.last_path,
         )
         write_metrics(os.path.join(self.cfg.out, "metrics.csv"), self.history)
+        print(  # after the files: a closed stdout never costs the epoch's checkpoint
+            f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
+            + f" public {row['public_acc']:.4f}"
+            + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
+            + f" ({row['images_per_s']:.0f} img/s)"
+        )
 
     def finish(self) -> dict:
         """Evaluate the best checkpoint on every split (and with ten crops when ``tta``), write

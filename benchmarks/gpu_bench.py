@@ -1,18 +1,21 @@
-"""GPU benchmark grid for the fused training step (issue: Triton kernels).
+"""GPU benchmark grid for one training step of a block-sparse connectome layer, on the path users run.
 
 Providers, each doing forward + input gradient + weight gradient + Hebbian update with noise:
 
-* ``triton``: ``bsr_linear_fwd`` (noise in-kernel or materialised) -> ``bsr_linear_dx`` ->
-  ``bsr_sdd`` (gradient and Hebbian sharing the loads of ``x``);
-* ``dense_masked``: noise + mask on a dense weight, three cuBLAS products, Hebbian as a fourth
-  product masked afterwards;
+* ``triton``: ``SparseConnectomeLinear`` with synaptic noise and ``record_activity`` (the module
+  path): forward (noise in-kernel or materialised, activity statistics fused), ``backward()``
+  (input gradient over the transposed index; weight gradient and Hebbian correlation in one pass),
+  then ``plasticity_step`` (one elementwise pass over the weights);
+* ``dense_masked``: what people write without this library: ``F.linear(x, W_noisy * M)`` with
+  autograd, then the Hebbian product ``(y^T x) * M`` added to the weights;
 * ``torch_bsr``: ``torch.sparse._triton_ops.bsr_dense_mm`` for forward and input gradient (a BSR
   copy of ``W^T`` built per step), ``sampled_addmm`` for weight gradient and Hebbian, noise as a
-  separate elementwise op.
+  separate elementwise op (a hand-assembled sequence: torch has no autograd for it).
 
 Reports the median time (``triton.testing.do_bench``), TFLOP/s on the nonzero work
 (``4 * nnz * M`` FLOPs for fwd+dx+dW, plus ``2 * nnz * M`` for the Hebbian product) and the ratio
-to dense cuBLAS. Run: ``python benchmarks/gpu_bench.py --out results.json [--quick]``.
+to dense cuBLAS. The per-kernel breakdown (``ms_*`` keys) is kernel-only: each launcher timed on
+its own, outside the module. Run: ``python benchmarks/gpu_bench.py --out results.json [--quick]``.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ import torch
 import triton
 from triton.testing import do_bench
 
+import bionic_sparse as bs
 from bionic_sparse import BlockSparseMatrix
-from bionic_sparse.triton_kernels.bsr_linear import MATERIALIZE_MIN_BATCH, bsr_linear_dx, bsr_linear_fwd, materialize
-from bionic_sparse.triton_kernels.bsr_sdd import bsr_sdd
+from bionic_sparse.triton_kernels.bsr_linear import bsr_linear_dx, bsr_linear_fwd, materialize
+from bionic_sparse.triton_kernels.bsr_sdd import bsr_linear_dw, bsr_plasticity_
 
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+ETA = 1e-3
 
 
 def random_block_matrix(n: int, b: int, sparsity: float, device, seed: int = 0) -> BlockSparseMatrix:
@@ -46,36 +51,36 @@ def random_block_matrix(n: int, b: int, sparsity: float, device, seed: int = 0) 
 
 
 def make_step(provider: str, m: BlockSparseMatrix, batch: int, dtype: torch.dtype, sigma: float = 0.1):
+    """One training step of ``provider`` on a ``[batch, n]`` activation in ``dtype`` (fp32 weights)."""
     n = m.shape[0]
     dev = m.values.device
     x = torch.randn(batch, n, device=dev, dtype=dtype)
     dy = torch.randn(batch, n, device=dev, dtype=dtype)
-    eta = 1e-3
     if provider == "triton":
-        values = m.values  # fp32 masters
-        act = torch.zeros(2, n, device=dev)  # sum |y|, sum y^2 from the forward epilogue
+        layer = bs.SparseConnectomeLinear(n, n, mask=m, block_size=m.block_size, noise_sigma=sigma, device=dev).train()
+        with torch.no_grad():
+            layer.values.copy_(m.values)
+        layer.record_activity = True
 
-        def step(parts=None):
-            # large batches: one materialised noisy copy serves forward and input gradient
-            w, sig = values, sigma
-            if batch >= MATERIALIZE_MIN_BATCH:
-                w, sig = materialize(values, None, sigma, 1, True, dtype), 0.0
-            act.zero_()
-            y = bsr_linear_fwd(x, w, m.crow, m.col, None, None, None, n, sig, 1, True, act_stats=(act[0], act[1]))
-            bsr_linear_dx(dy, w, m.ccol_t, m.row_t, m.perm_t, None, None, n, sig, 1, True)
-            bsr_sdd(dy, x, values, m.row, m.col, None, None, sigma, 1, True, post=y, eta=eta, post_sq_sum=act[1])
+        def step():
+            layer.values.grad = layer.bias.grad = None
+            layer(x).backward(dy)
+            layer.plasticity_step(eta=ETA, homeo_rate=0.01)
 
         return step
     if provider == "dense_masked":
-        w = m.to_dense().to(dtype)
-        mask = m.to_dense_mask().to(dtype)
+        lin = torch.nn.Linear(n, n, device=dev)
+        with torch.no_grad():
+            lin.weight.copy_(m.to_dense())
+        mask = m.to_dense_mask().float()
 
         def step():
-            w_eff = w * (1 + sigma * torch.randn_like(w)) * mask
-            y = x @ w_eff.T
-            dy @ w_eff
-            (dy.T @ x) * mask
-            w + eta * ((y.T @ x) * mask)
+            lin.weight.grad = lin.bias.grad = None
+            w_eff = (lin.weight * (1 + sigma * torch.randn_like(lin.weight)) * mask).to(dtype)
+            y = torch.nn.functional.linear(x, w_eff, lin.bias.to(dtype))
+            y.backward(dy)
+            with torch.no_grad():
+                lin.weight.add_((y.T @ x).float() * mask, alpha=ETA / batch)
 
         return step
     if provider == "torch_bsr":
@@ -101,19 +106,25 @@ def make_step(provider: str, m: BlockSparseMatrix, batch: int, dtype: torch.dtyp
 
 
 def kernel_breakdown(m: BlockSparseMatrix, batch: int, dtype: torch.dtype, sigma: float = 0.1) -> dict:
-    """Median ms of each kernel of the triton step on its own."""
-    n = m.shape[0]
+    """Kernel-only: median ms of each launcher of the triton step on its own."""
+    n, b = m.shape[0], m.block_size
     x = torch.randn(batch, n, device="cuda", dtype=dtype)
     dy = torch.randn_like(x)
     w = materialize(m.values, None, sigma, 1, True, dtype)
-    y = bsr_linear_fwd(x, w, m.crow, m.col, None, None, None, n)
+    y = bsr_linear_fwd(x, w, m.crow, m.col, None, None, n)
+    moments = torch.zeros(2, n, device="cuda")
+    corr = torch.zeros_like(m.values)
+    values = m.values.clone()
+    q, f32 = moments[1], torch.float32
     parts = {
         "materialize": lambda: materialize(m.values, None, sigma, 1, True, dtype),
-        "fwd": lambda: bsr_linear_fwd(x, w, m.crow, m.col, None, None, None, n),
-        "fwd_fused_noise": lambda: bsr_linear_fwd(x, m.values, m.crow, m.col, None, None, None, n, sigma, 1, True),
+        "fwd": lambda: bsr_linear_fwd(x, w, m.crow, m.col, None, None, n),
+        "fwd_fused_noise": lambda: bsr_linear_fwd(x, m.values, m.crow, m.col, None, None, n, sigma, 1, True),
+        "fwd_stats": lambda: bsr_linear_fwd(x, w, m.crow, m.col, None, None, n, post_moments=moments),
         "dx": lambda: bsr_linear_dx(dy, w, m.ccol_t, m.row_t, m.perm_t, None, None, n),
-        "sdd_grad": lambda: bsr_sdd(dy, x, m.values, m.row, m.col, None, None, sigma, 1, True),
-        "sdd_grad_hebb": lambda: bsr_sdd(dy, x, m.values, m.row, m.col, None, None, sigma, 1, True, post=y, eta=1e-3),
+        "dw": lambda: bsr_linear_dw(dy, x, m.row, m.col, b, f32, None, None, sigma, 1, True),
+        "dw_corr": lambda: bsr_linear_dw(dy, x, m.row, m.col, b, f32, None, None, sigma, 1, True, y, None, corr),
+        "plasticity": lambda: bsr_plasticity_(values, corr, m.row, None, q, None, 1e-3, 1.0),
     }
     return {f"ms_{k}": do_bench(f, warmup=10, rep=50, return_mode="median") for k, f in parts.items()}
 
@@ -175,12 +186,13 @@ def run_case(n, b, sparsity, batch, dtype_name, providers, dense_tflops):
 
 
 def forward_only(n, b, sparsity, batch, dtype_name, dense_tflops):
+    """Kernel-only forward rate (the launcher on materialised weights, no noise)."""
     dtype = DTYPES[dtype_name]
     m = random_block_matrix(n, b, sparsity, "cuda")
     x = torch.randn(batch, n, device="cuda", dtype=dtype)
     vals = m.values.to(dtype)
     ms = do_bench(
-        lambda: bsr_linear_fwd(x, vals, m.crow, m.col, None, None, None, n), warmup=25, rep=100, return_mode="median"
+        lambda: bsr_linear_fwd(x, vals, m.crow, m.col, None, None, n), warmup=25, rep=100, return_mode="median"
     )
     tflops = 2.0 * m.nnzb * b * b * batch / ms / 1e9
     return dict(

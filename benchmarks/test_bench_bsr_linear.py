@@ -75,10 +75,36 @@ def test_cpu_training_step_4096_b64_90pct(benchmark, provider):
     _stamp(benchmark, provider=provider, **CPU_CASE, dtype="fp32", nnzb=int(mask[::b, ::b].sum()))
 
 
+def _plastic_step(layer: bs.SparseConnectomeLinear, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """The module path with every biological feature on: noisy forward, backward, optimiser step,
+    Dale projection, then the Hebbian + homeostatic update (what ``BioNIC`` does per layer)."""
+    opt.zero_grad(set_to_none=True)
+    layer(x).square().mean().backward()
+    opt.step()
+    layer.constrain_()
+    layer.plasticity_step(eta=1e-3, oja=1.0, target_rate=0.1, homeo_rate=0.01)
+
+
+def test_cpu_plastic_step_4096_b64_90pct(benchmark):
+    """``SparseConnectomeLinear`` with Dale signs, synaptic noise and plasticity, 4096 x 4096, b = 64,
+    90 % block sparsity, batch 256, fp32: one full training step through the module."""
+    torch.manual_seed(0)
+    n, b, sparsity, batch = CPU_CASE.values()
+    mask = _block_mask(n, b, sparsity)
+    sign = torch.where(torch.rand(n) < 0.8, 1.0, -2.0)
+    layer = bs.SparseConnectomeLinear(n, n, mask=mask, block_size=b, sign=sign, noise_sigma=0.1).train()
+    layer.record_activity = True
+    opt = torch.optim.SGD(layer.parameters(), lr=1e-3)
+    x = torch.randn(batch, n)
+    _plastic_step(layer, opt, x)
+    benchmark.pedantic(_plastic_step, args=(layer, opt, x), rounds=10, iterations=1, warmup_rounds=2)
+    _stamp(benchmark, provider="sparse-module", **CPU_CASE, dtype="fp32", noise_sigma=0.1, plasticity=True)
+
+
 @pytest.mark.parametrize("method", ["blockT", "dense"])
 @pytest.mark.parametrize("b,sparsity", [(16, 0.9), (16, 0.5), (32, 0.5)], ids=["b16-90", "b16-50", "b32-50"])
 def test_cpu_dispatch(benchmark, monkeypatch, method, b, sparsity):
-    """Re-measures the CPU crossover that ``bionic_sparse.backend.cpu_method`` encodes."""
+    """Re-measures the CPU crossover that ``bionic_sparse.backends.cpu.cpu_method`` encodes."""
     monkeypatch.setenv("BIONIC_SPARSE_BACKEND", method)
     torch.manual_seed(0)
     n, batch = 2048, 128

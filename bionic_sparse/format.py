@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BlockSparseMatrix", "BlockFill"]
+__all__ = ["BlockSparseMatrix", "BlockFill", "as_mask_tensor"]
 
 _INDEX_DTYPE = torch.int32
 
@@ -49,7 +49,7 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return n_out, n_in
 
 
-def _as_mask_tensor(mask: Any, name: str = "mask") -> torch.Tensor:
+def as_mask_tensor(mask: Any, name: str = "mask") -> torch.Tensor:
     """Validate a dense mask (bool or floating, finite) and return it as a bool tensor."""
     if isinstance(mask, np.ndarray):
         mask = torch.from_numpy(mask)
@@ -177,8 +177,10 @@ class BlockSparseMatrix:
         self.ccol_t = torch.cat([zero, torch.bincount(block_col, minlength=C).cumsum(0)]).to(_INDEX_DTYPE)
 
     @classmethod
-    def _from_parts(cls, parts: dict[str, Any]) -> BlockSparseMatrix:
-        """Rebuild from already-sorted index tensors without recomputing anything."""
+    def from_parts(cls, parts: dict[str, Any]) -> BlockSparseMatrix:
+        """Rebuild from already-sorted index tensors without recomputing anything (``parts`` maps
+        every attribute: the index views, ``values``, ``synapse_mask``, ``block_size``, ``shape``,
+        ``n_block_rows``, ``n_block_cols``), e.g. a view over a module's buffers."""
         self = cls.__new__(cls)
         self.__dict__.update(parts)
         return self
@@ -223,7 +225,7 @@ class BlockSparseMatrix:
         dtype: torch.dtype = torch.float32,
     ) -> BlockSparseMatrix:
         """From a block-level mask ``[R, C]``; every stored block is full (up to ``shape``)."""
-        block_mask = _as_mask_tensor(block_mask, "block_mask")
+        block_mask = as_mask_tensor(block_mask, "block_mask")
         b = _check_block_size(block_size)
         R, C = block_mask.shape
         if shape is None:
@@ -248,7 +250,7 @@ class BlockSparseMatrix:
         Blocks holding at least one synapse are stored. If ``weight`` (same shape) is given its
         entries are copied into the blocks (zero off the mask); otherwise values are zero.
         """
-        mask = _as_mask_tensor(mask)
+        mask = as_mask_tensor(mask)
         b = _check_block_size(block_size)
         n_out, n_in = mask.shape
         if weight is not None:
@@ -400,7 +402,7 @@ class BlockSparseMatrix:
             if parts[name] is not None and device is not None:
                 parts[name] = parts[name].to(device)
         parts["values"] = self.values.to(device=device, dtype=dtype)
-        return BlockSparseMatrix._from_parts(parts)
+        return BlockSparseMatrix.from_parts(parts)
 
     def with_values(self, values: torch.Tensor) -> BlockSparseMatrix:
         """Same topology, new ``values[nnzb, b, b]`` (no copy)."""
@@ -408,4 +410,4 @@ class BlockSparseMatrix:
             raise ValueError(f"values must have shape {tuple(self.values.shape)}, got {tuple(values.shape)}")
         parts = dict(self.__dict__)
         parts["values"] = values
-        return BlockSparseMatrix._from_parts(parts)
+        return BlockSparseMatrix.from_parts(parts)

@@ -8,9 +8,16 @@ import torch
 
 from . import ops
 from .format import BlockSparseMatrix
-from .plasticity import NOISE_MODES
+from .plasticity import NOISE_MODES, homeostatic_scale, post_moments
 
-__all__ = ["bsr_linear", "plasticity_update", "check_gpu_block_size"]
+__all__ = [
+    "bsr_linear",
+    "ActivityRecord",
+    "plasticity_update",
+    "apply_recorded_plasticity",
+    "check_gpu_block_size",
+    "check_vector",
+]
 
 
 GPU_BLOCK_SIZES = (16, 32, 64)
@@ -25,7 +32,8 @@ def check_gpu_block_size(block_size: int) -> None:
         )
 
 
-def _check_vector(v: torch.Tensor | None, n: int, name: str, what: str) -> None:
+def check_vector(v: torch.Tensor | None, n: int, name: str, what: str) -> None:
+    """``v`` is ``None`` or a floating ``[n]`` tensor (one entry per ``what``), else a clear error."""
     if v is None:
         return
     if not isinstance(v, torch.Tensor):
@@ -47,6 +55,43 @@ def _check_activations(x: torch.Tensor, n: int, name: str, matrix: BlockSparseMa
         check_gpu_block_size(matrix.block_size)
 
 
+class ActivityRecord:
+    """What a training step records for plasticity, filled by the engine itself:
+    ``moments[2, n_out]`` (``mean_B |post|`` and ``mean_B post^2`` of ``post = x W^T + bias``,
+    written by the forward pass) and ``corr[nnzb, b, b]`` (the Hebbian correlation
+    ``post^T x / B`` on the stored blocks, written by the backward pass in the same pass as the
+    weight gradient). Both float32 (float64 for a float64 layer), on the layer's device.
+    """
+
+    def __init__(self, matrix: BlockSparseMatrix, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        b = matrix.block_size
+        self.moments = torch.zeros(2, matrix.shape[0], dtype=dtype, device=device)
+        self.corr = torch.zeros(matrix.nnzb, b, b, dtype=dtype, device=device)
+        self._corr_version: int | None = None
+
+    def matches(self, matrix: BlockSparseMatrix, device: torch.device) -> bool:
+        """True when this record fits ``matrix`` (same blocks and outputs) on ``device``."""
+        return (
+            self.corr.shape == (matrix.nnzb, matrix.block_size, matrix.block_size)
+            and self.moments.shape[1] == matrix.shape[0]
+            and self.corr.device == torch.device(device)
+        )
+
+    def expect_backward(self) -> None:
+        """Called by the forward pass: the next plasticity step needs a backward pass first."""
+        self._corr_version = self.corr._version
+
+    @property
+    def pending(self) -> bool:
+        """True between a recording forward pass and the plasticity step that uses it."""
+        return self._corr_version is not None
+
+    @property
+    def complete(self) -> bool:
+        """True once a backward pass has written ``corr`` since the last forward pass."""
+        return self._corr_version is not None and self.corr._version != self._corr_version
+
+
 def bsr_linear(
     x: torch.Tensor,
     matrix: BlockSparseMatrix,
@@ -56,6 +101,7 @@ def bsr_linear(
     noise_seed: int = 0,
     noise_mode: str = "multiplicative",
     values: torch.Tensor | None = None,
+    record: ActivityRecord | None = None,
 ) -> torch.Tensor:
     """``y = x @ (W * M * sign)^T + bias`` with ``W`` block-sparse; differentiable in ``x``,
     ``values`` and ``bias``.
@@ -69,6 +115,8 @@ def bsr_linear(
         noise_seed: seed of the noise; the same seed gives the same noise on every backend.
         noise_mode: ``"multiplicative"`` (``W * (1 + sigma xi)``) or ``"additive"`` (``W + sigma xi``).
         values: ``[nnzb, b, b]`` to use instead of ``matrix.values`` (e.g. an ``nn.Parameter``).
+        record: an :class:`ActivityRecord` that this forward pass and its backward pass fill for
+            :func:`apply_recorded_plasticity` (``values`` must require grad).
 
     Returns:
         ``[..., n_out]`` in ``x.dtype``.
@@ -82,30 +130,56 @@ def bsr_linear(
             f"values must have shape {(matrix.nnzb, matrix.block_size, matrix.block_size)}, got {tuple(values.shape)}"
         )
     _check_activations(x, n_in, "x", matrix)
-    _check_vector(sign, n_in, "sign", "presynaptic input")
-    _check_vector(bias, n_out, "bias", "output")
+    check_vector(sign, n_in, "sign", "presynaptic input")
+    check_vector(bias, n_out, "bias", "output")
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
     noise_sigma = float(noise_sigma)
     if not math.isfinite(noise_sigma) or noise_sigma < 0:
         raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
-    return ops.bsr_linear(
+    plastic = ()
+    if record is not None:
+        if not isinstance(record, ActivityRecord):
+            raise TypeError(f"record must be an ActivityRecord or None, got {type(record).__name__}")
+        if not (values.requires_grad and torch.is_grad_enabled()):
+            raise ValueError("record needs a forward pass with grad enabled and values that require grad")
+        if not record.matches(matrix, values.device):
+            raise ValueError("record was made for another topology or device")
+        record.expect_backward()
+        plastic = (None if bias is None else bias.detach(), record.corr)
+    y, moments = ops.bsr_linear(
         x,
         values,
-        matrix.crow,
-        matrix.col,
-        matrix.row,
-        matrix.ccol_t,
-        matrix.row_t,
-        matrix.perm_t,
+        *matrix.index_tensors().values(),  # crow, col, row, ccol_t, row_t, perm_t
         matrix.synapse_mask,
         sign,
-        bias,
-        n_out,
-        noise_sigma,
-        int(noise_seed),
-        noise_mode,
+        *(plastic or (None, None)),
+        n_out=n_out,
+        sigma=noise_sigma,
+        seed=int(noise_seed),
+        noise_mode=noise_mode,
     )
+    if record is not None:
+        record.moments = moments
+    # NOTE: the bias stays outside the op, so autograd owns its gradient; plasticity gets it
+    # (detached) as post_bias because its post-synaptic activity is the layer output y + bias.
+    return y if bias is None else y + bias.to(y.dtype)
+
+
+def _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate) -> None:
+    check_vector(post_rate, matrix.shape[0], "post_rate", "output")
+    for name, v in (("eta", eta), ("oja", oja), ("target_rate", target_rate), ("homeo_rate", homeo_rate)):
+        if not math.isfinite(float(v)):
+            raise ValueError(f"{name} must be finite, got {v}")
+    if not 0.0 <= homeo_rate < 1.0:
+        raise ValueError(f"homeo_rate must lie in [0, 1), got {homeo_rate}")
+
+
+def _apply(matrix, values, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate) -> None:
+    scale = None
+    if homeo_rate != 0.0 and post_rate is not None:
+        scale = homeostatic_scale(post_rate, target_rate, homeo_rate)
+    ops.bsr_plasticity_(values, corr, matrix.row, matrix.synapse_mask, post_sq, scale, eta=float(eta), oja=float(oja))
 
 
 def plasticity_update(
@@ -120,16 +194,18 @@ def plasticity_update(
     values: torch.Tensor | None = None,
     inplace: bool = False,
 ) -> torch.Tensor:
-    """Local Hebbian (Oja) + homeostatic update on the synapses only.
+    """Local Hebbian (Oja) + homeostatic update on the synapses only, from recorded activities
+    (no backward pass needed; see :func:`apply_recorded_plasticity` for the fused training step).
 
     ``W' = W + eta * (post^T pre / B - oja * mean(post^2) * W)`` on the mask, then each
     postsynaptic row ``i`` is scaled by ``1 + homeo_rate * (target_rate - r_i) / (target_rate + |r_i|)``
     where ``r = post_rate`` (e.g. an EMA of the mean activity, ``[n_out]``). No synapse is created
     off the mask and no weight changes sign (it stops at zero).
+    (:func:`bionic_sparse.plasticity.dense_plasticity` is the same rule on a dense weight.)
 
     Args:
         pre: ``[..., n_in]`` presynaptic activity; post: ``[..., n_out]`` postsynaptic activity.
-        inplace: write into ``values`` (no autograd) instead of returning a new tensor.
+        inplace: write into ``values`` instead of returning a new tensor.
 
     Returns:
         The new ``values[nnzb, b, b]`` (the updated tensor itself when ``inplace``).
@@ -142,28 +218,38 @@ def plasticity_update(
     _check_activations(post, n_out, "post", matrix)
     if pre.shape[:-1] != post.shape[:-1]:
         raise ValueError(f"pre and post must share leading dims, got {tuple(pre.shape)} and {tuple(post.shape)}")
-    _check_vector(post_rate, n_out, "post_rate", "output")
-    for name, v in (("eta", eta), ("oja", oja), ("target_rate", target_rate), ("homeo_rate", homeo_rate)):
-        if not math.isfinite(float(v)):
-            raise ValueError(f"{name} must be finite, got {v}")
-    if not 0.0 <= homeo_rate < 1.0:
-        raise ValueError(f"homeo_rate must lie in [0, 1), got {homeo_rate}")
-    args = (
-        values,
-        pre,
-        post,
-        matrix.crow,
-        matrix.col,
-        matrix.row,
-        matrix.synapse_mask,
-        post_rate,
-        float(eta),
-        float(oja),
-        float(target_rate),
-        float(homeo_rate),
-    )
-    if inplace:
-        with torch.no_grad():
-            ops.bsr_hebbian_(*args)
-        return values
-    return ops.bsr_hebbian(*args)
+    _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
+    with torch.no_grad():
+        corr = ops.bsr_correlation(pre, post, matrix.row, matrix.col, block_size=matrix.block_size)
+        post_sq = post_moments(post)[1].to(corr.dtype)
+        out = values if inplace else values.detach().clone()
+        _apply(matrix, out, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate)
+    return out
+
+
+def apply_recorded_plasticity(
+    matrix: BlockSparseMatrix,
+    record: ActivityRecord,
+    eta: float,
+    oja: float = 1.0,
+    post_rate: torch.Tensor | None = None,
+    target_rate: float = 0.1,
+    homeo_rate: float = 0.0,
+    values: torch.Tensor | None = None,
+) -> None:
+    """The update of :func:`plasticity_update`, applied in place to ``values`` from what a training
+    step recorded (:class:`ActivityRecord`): no pass over the activities, one elementwise pass over
+    the weights. Call it after the optimiser step; it equals :func:`plasticity_update` on the
+    post-step weights with the step's activities."""
+    if not isinstance(record, ActivityRecord):
+        raise TypeError(f"record must be an ActivityRecord, got {type(record).__name__}")
+    if not record.complete:
+        raise RuntimeError(
+            "the recorded training step has no backward pass yet: call loss.backward() before the "
+            "plasticity step (for plasticity without gradients, run the forward under torch.no_grad())"
+        )
+    values = matrix.values if values is None else values
+    _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
+    with torch.no_grad():
+        _apply(matrix, values, record.corr, record.moments[1], post_rate, eta, oja, target_rate, homeo_rate)
+    record._corr_version = None

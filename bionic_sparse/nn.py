@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .format import BlockSparseMatrix, _as_mask_tensor
-from .plasticity import NOISE_MODES, dense_plasticity, update_rate_
+from .format import BlockSparseMatrix, as_mask_tensor
+from .plasticity import NOISE_MODES, dense_plasticity, post_moments, update_rate_
 
 __all__ = ["SparseConnectomeLinear", "MaskedLinear"]
 
@@ -30,7 +30,7 @@ def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -
     elif hasattr(mask, "tocoo"):
         topo = BlockSparseMatrix.from_scipy(mask, block_size)
     else:
-        topo = BlockSparseMatrix.from_dense(_as_mask_tensor(mask), block_size)
+        topo = BlockSparseMatrix.from_dense(as_mask_tensor(mask), block_size)
     if topo.shape != (out_features, in_features):
         raise ValueError(
             f"mask must have shape (out_features, in_features) = {(out_features, in_features)}, got {topo.shape}"
@@ -39,14 +39,22 @@ def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -
 
 
 class _PlasticityMixin:
-    """The plasticity protocol shared by the sparse and the dense-masked layer: record activities
-    in the forward pass, then ``plasticity_step`` after the optimiser step."""
+    """The plasticity protocol shared by the sparse and the dense-masked layer: record activity
+    in the training step, then ``plasticity_step`` after the optimiser step."""
 
     def _plastic_weight(self) -> torch.Tensor:  # the tensor plasticity and Dale act on
         raise NotImplementedError
 
-    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
+    def _apply_plasticity(self, eta, oja, target_rate, homeo_rate, rate_momentum) -> None:
+        """Update ``post_rate`` from the recorded activity, then the weights."""
         raise NotImplementedError
+
+    def _take_activities(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.last_pre is None or self.last_post is None:
+            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
+        pre, post = self.last_pre, self.last_post
+        self.last_pre = self.last_post = None
+        return pre, post
 
     @torch.no_grad()
     def plasticity_step(
@@ -57,16 +65,13 @@ class _PlasticityMixin:
         homeo_rate: float = 0.0,
         rate_momentum: float = 0.9,
     ) -> None:
-        """Apply one Hebbian + homeostatic update in place from the last recorded activities.
+        """Apply one Hebbian + homeostatic update in place from the last recorded training step.
 
-        Needs ``record_activity = True`` and a training-mode forward since the last call. The
-        rate EMA ``post_rate`` is updated from the mean of ``|post|`` over the batch first.
+        Needs ``record_activity = True`` and a training-mode forward since the last call (and its
+        backward, when the forward ran with gradients). The rate EMA ``post_rate`` is updated from
+        the batch mean of ``|post|`` first.
         """
-        if self.last_pre is None or self.last_post is None:
-            raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
-        update_rate_(self.post_rate, self.last_post, rate_momentum)
-        self._apply_plasticity(self.last_pre, self.last_post, eta, oja, target_rate, homeo_rate)
-        self.last_pre = self.last_post = None
+        self._apply_plasticity(eta, oja, target_rate, homeo_rate, rate_momentum)
         if self.sign is not None:  # a weight at zero may not grow negative under Dale's law
             self._plastic_weight().clamp_(min=0.0)
 
@@ -90,6 +95,14 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     ``crow, col, row, ccol_t, row_t, perm_t``, ``synapse_mask`` (or ``None``), ``sign`` (or
     ``None``) and ``post_rate[out_features]`` (EMA of the mean output, for homeostasis). The
     noise counters ``noise_seed`` and ``noise_step`` are saved in ``state_dict`` (extra state).
+
+    Plasticity: with ``record_activity = True`` a training step records what
+    :meth:`plasticity_step` needs. When the forward pass runs with gradients, the forward writes
+    the activity statistics and the backward's weight-gradient pass writes the Hebbian correlation
+    from the same tiles (:class:`~bionic_sparse.functional.ActivityRecord`), so the step after the
+    optimiser is one elementwise pass over the weights. Without a backward pass (Hebbian-only use,
+    e.g. under ``torch.no_grad()``) the step computes the correlation from ``last_pre`` and
+    ``last_post``, the activities the forward pass kept.
     """
 
     def __init__(
@@ -127,7 +140,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             self.register_buffer(name, t.to(device))
         self.register_buffer("synapse_mask", None if topo.synapse_mask is None else topo.synapse_mask.to(device))
         if sign is not None:
-            F._check_vector(sign, in_features, "sign", "presynaptic input")
+            F.check_vector(sign, in_features, "sign", "presynaptic input")
             sign = sign.to(**factory)
         self.register_buffer("sign", sign)
         self.register_buffer("post_rate", torch.zeros(out_features, **factory))
@@ -137,6 +150,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self.noise_step = 0
         self.last_pre: torch.Tensor | None = None
         self.last_post: torch.Tensor | None = None
+        self._record: F.ActivityRecord | None = None
         self.reset_parameters()
 
     @property
@@ -151,7 +165,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             n_block_rows=self.crow.numel() - 1,
             n_block_cols=self.ccol_t.numel() - 1,
         )
-        return BlockSparseMatrix._from_parts(parts)
+        return BlockSparseMatrix.from_parts(parts)
 
     @property
     def nnzb(self) -> int:
@@ -187,19 +201,34 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         seed = self.noise_seed + self.noise_step
         if sigma > 0:
             self.noise_step += 1
+        recording = self.record_activity and self.training
+        fused = recording and torch.is_grad_enabled() and self.values.requires_grad
+        matrix = self.matrix
         y = F.bsr_linear(
             x,
-            self.matrix,
+            matrix,
             bias=self.bias,
             sign=self.sign,
             noise_sigma=sigma,
             noise_seed=seed,
             noise_mode=self.noise_mode,
             values=self.values,
+            record=self._activity_record(matrix) if fused else None,
         )
-        if self.record_activity and self.training:
+        if recording:
+            # kept for a plasticity step without backward (no copies: autograd holds them anyway)
             self.last_pre, self.last_post = x.detach(), y.detach()
+            if not fused and self._record is not None:
+                self._record._corr_version = None  # the newest forward is the one to learn from
         return y
+
+    def _activity_record(self, matrix: BlockSparseMatrix) -> F.ActivityRecord:
+        """The layer's :class:`ActivityRecord` (scratch, not state: made on first use and again
+        after a move to another device)."""
+        if self._record is None or not self._record.matches(matrix, self.values.device):
+            dtype = torch.promote_types(self.values.dtype, torch.float32)
+            self._record = F.ActivityRecord(matrix, self.values.device, dtype)
+        return self._record
 
     def get_extra_state(self) -> dict:
         # The noise counters are part of the state: a layer restored from a checkpoint continues
@@ -213,19 +242,19 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     def _plastic_weight(self) -> torch.Tensor:
         return self.values
 
-    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
-        F.plasticity_update(
-            self.matrix,
-            pre,
-            post,
-            eta=eta,
-            oja=oja,
-            post_rate=self.post_rate,
-            target_rate=target_rate,
-            homeo_rate=homeo_rate,
-            values=self.values,
-            inplace=True,
-        )
+    def _apply_plasticity(self, eta, oja, target_rate, homeo_rate, rate_momentum) -> None:
+        rule = dict(eta=eta, oja=oja, post_rate=self.post_rate, target_rate=target_rate, homeo_rate=homeo_rate)
+        record = self._record
+        if record is not None and record.complete:  # the fused path: recorded by forward + backward
+            self.last_pre = self.last_post = None
+            update_rate_(self.post_rate, record.moments[0], rate_momentum)
+            F.apply_recorded_plasticity(self.matrix, record, values=self.values, **rule)
+            return
+        if record is not None:
+            record._corr_version = None  # a forward with gradients but no backward: use the activities
+        pre, post = self._take_activities()
+        update_rate_(self.post_rate, post_moments(post)[0], rate_momentum)
+        F.plasticity_update(self.matrix, pre, post, values=self.values, inplace=True, **rule)
 
     @torch.no_grad()
     def constrain_(self) -> None:
@@ -314,8 +343,10 @@ class MaskedLinear(_PlasticityMixin, nn.Module):
     def _plastic_weight(self) -> torch.Tensor:
         return self.weight
 
-    def _apply_plasticity(self, pre, post, eta, oja, target_rate, homeo_rate) -> None:
+    def _apply_plasticity(self, eta, oja, target_rate, homeo_rate, rate_momentum) -> None:
         """The dense reference rule itself (:func:`bionic_sparse.plasticity.dense_plasticity`)."""
+        pre, post = self._take_activities()
+        update_rate_(self.post_rate, post_moments(post)[0], rate_momentum)
         self.weight.copy_(
             dense_plasticity(self.weight, self.mask, pre, post, eta, oja, self.post_rate, target_rate, homeo_rate)
         )

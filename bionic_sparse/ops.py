@@ -1,15 +1,21 @@
-"""Custom ops (``torch.library.custom_op``) for block-sparse connectome layers.
+"""Custom ops (``torch.library.custom_op``) of the block-sparse engine: registration and dispatch.
 
-Each op has a fake (shape-only) registration for ``torch.compile`` and the forward op has an
-autograd registration whose backward calls the two gradient ops, so all three appear as opaque
-nodes in compiled graphs. The implementation dispatches per call: Triton kernels for CUDA tensors
-(and for CPU tensors under ``BIONIC_SPARSE_BACKEND=triton`` with ``TRITON_INTERPRET=1``), the
-PyTorch path in :mod:`bionic_sparse._torch_path` otherwise; the shared biology is in
-:mod:`bionic_sparse.plasticity`.
+Each op has a fake (shape-only) registration for ``torch.compile``; ``bsr_linear`` has an
+autograd registration whose backward calls ``bsr_linear_dx`` and ``bsr_linear_dw``, so every op
+appears as an opaque node in compiled graphs. Each op hands its arguments to the same function of
+the backend that :func:`bionic_sparse.backends.for_tensor` picks (Triton for CUDA tensors, the
+PyTorch path otherwise); the contract is in :mod:`bionic_sparse.backends`.
 
-Index arguments are the int32 views of :class:`bionic_sparse.BlockSparseMatrix`
-(``crow, col, row, ccol_t, row_t, perm_t``); every op takes all of them so that the backends can
-pick the view they need. Validation happens one layer up, in :mod:`bionic_sparse.functional`.
+The first arguments are the tensors the op differentiates or updates; everything after ``*`` is
+keyword-only: the index views of :class:`bionic_sparse.BlockSparseMatrix` the op needs, the
+synapse mask, Dale's sign, the noise ``(sigma, seed, noise_mode)`` and the plasticity buffers.
+Arguments are validated one layer up, in :mod:`bionic_sparse.functional`.
+
+Plasticity in a training step: ``bsr_linear`` given a ``corr`` buffer also returns the activity
+statistics of ``post = y + post_bias`` from its forward pass, and its backward writes the Hebbian
+correlation into ``corr`` from the same tiles as the weight gradient (one pass); after the
+optimiser step ``bsr_plasticity_`` applies the update. Without a backward pass,
+``bsr_correlation`` computes the correlation from recorded activities.
 """
 
 from typing import Optional
@@ -17,15 +23,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _torch_path as tp
-from .backend import cpu_method, use_triton
-from .plasticity import MULTIPLICATIVE, homeostatic_scale
+from .backends import for_tensor
+from .plasticity import MULTIPLICATIVE
 
-__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_hebbian", "bsr_hebbian_"]
-
-
-def _method(values: Tensor, crow: Tensor, ccol_t: Tensor) -> str:
-    return cpu_method(values.shape[-1], values.shape[0], crow.numel() - 1, ccol_t.numel() - 1)
+__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_correlation", "bsr_plasticity_"]
 
 
 @torch.library.custom_op("bionic_sparse::bsr_linear", mutates_args=())
@@ -40,226 +41,209 @@ def bsr_linear(
     perm_t: Tensor,
     synapse_mask: Optional[Tensor],
     sign: Optional[Tensor],
-    bias: Optional[Tensor],
+    post_bias: Optional[Tensor],
+    corr: Optional[Tensor],
+    *,
     n_out: int,
     sigma: float,
     seed: int,
     noise_mode: str,
-) -> Tensor:
-    """``y[..., n_out] = x @ W_eff^T + bias`` (DSD over the block-row index)."""
-    if use_triton(x):
-        from .triton_kernels.bsr_linear import bsr_linear_fwd
+) -> tuple[Tensor, Tensor]:
+    """``(y[..., n_out], moments)``: ``y = x @ W_eff^T`` (DSD over the block rows; the bias is the
+    caller's). The transposed views ``ccol_t, row_t, perm_t`` are carried for the input gradient.
 
-        return bsr_linear_fwd(
-            x=x,
-            values=values,
-            crow=crow,
-            col=col,
-            synapse_mask=synapse_mask,
-            sign=sign,
-            bias=bias,
-            n_out=n_out,
-            sigma=sigma,
-            seed=seed,
-            multiplicative=noise_mode == MULTIPLICATIVE,
-        )
-    w = tp.effective_values(values, synapse_mask, sigma, seed, noise_mode)
-    return tp.linear_fwd(x, w, row, col, sign, bias, n_out, _method(values, crow, ccol_t))
+    Recording for plasticity (``corr`` given, ``[nnzb, b, b]``): ``moments`` is the ``[2, n_out]``
+    activity statistics of ``post = y + post_bias`` and the backward pass writes the Hebbian
+    correlation into ``corr``. Otherwise ``moments`` is empty.
+    """
+    moments = x.new_zeros(*_moments_shape(corr, n_out), dtype=_stats_dtype(x))
+    y = for_tensor(x).bsr_linear_fwd(
+        x=x,
+        values=values,
+        crow=crow,
+        col=col,
+        row=row,
+        synapse_mask=synapse_mask,
+        sign=sign,
+        n_out=n_out,
+        sigma=sigma,
+        seed=seed,
+        noise_mode=noise_mode,
+        post_bias=post_bias,
+        post_moments=moments if corr is not None else None,
+    )
+    return y, moments
+
+
+def _moments_shape(corr: Optional[Tensor], n_out: int) -> tuple[int, ...]:
+    return (2, n_out) if corr is not None else (0,)
+
+
+def _stats_dtype(t: Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
 
 
 @bsr_linear.register_fake
-def _(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, bias, n_out, sigma, seed, noise_mode):
-    return x.new_empty(*x.shape[:-1], n_out)
+def _(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr, *, n_out, **_):
+    return x.new_empty(*x.shape[:-1], n_out), x.new_empty(*_moments_shape(corr, n_out), dtype=_stats_dtype(x))
 
 
 @torch.library.custom_op("bionic_sparse::bsr_linear_dx", mutates_args=())
 def bsr_linear_dx(
     dy: Tensor,
     values: Tensor,
-    crow: Tensor,
-    col: Tensor,
-    row: Tensor,
     ccol_t: Tensor,
     row_t: Tensor,
     perm_t: Tensor,
     synapse_mask: Optional[Tensor],
     sign: Optional[Tensor],
+    *,
     n_in: int,
     sigma: float,
     seed: int,
     noise_mode: str,
 ) -> Tensor:
     """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward)."""
-    if use_triton(dy):
-        from .triton_kernels.bsr_linear import bsr_linear_dx as triton_dx
-
-        return triton_dx(
-            dy=dy,
-            values=values,
-            ccol_t=ccol_t,
-            row_t=row_t,
-            perm_t=perm_t,
-            synapse_mask=synapse_mask,
-            sign=sign,
-            n_in=n_in,
-            sigma=sigma,
-            seed=seed,
-            multiplicative=noise_mode == MULTIPLICATIVE,
-        )
-    w = tp.effective_values(values, synapse_mask, sigma, seed, noise_mode)
-    return tp.linear_dx(dy, w, row, col, sign, n_in, _method(values, crow, ccol_t))
+    return for_tensor(dy).bsr_linear_dx(
+        dy=dy,
+        values=values,
+        ccol_t=ccol_t,
+        row_t=row_t,
+        perm_t=perm_t,
+        synapse_mask=synapse_mask,
+        sign=sign,
+        n_in=n_in,
+        sigma=sigma,
+        seed=seed,
+        noise_mode=noise_mode,
+    )
 
 
 @bsr_linear_dx.register_fake
-def _(dy, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, n_in, sigma, seed, noise_mode):
+def _(dy, values, *_, n_in, **__):
     return dy.new_empty(*dy.shape[:-1], n_in)
 
 
-@torch.library.custom_op("bionic_sparse::bsr_linear_dw", mutates_args=())
+@torch.library.custom_op("bionic_sparse::bsr_linear_dw", mutates_args=("corr",))
 def bsr_linear_dw(
     dy: Tensor,
     x: Tensor,
     values: Tensor,
-    crow: Tensor,
-    col: Tensor,
     row: Tensor,
-    ccol_t: Tensor,
-    row_t: Tensor,
-    perm_t: Tensor,
+    col: Tensor,
     synapse_mask: Optional[Tensor],
     sign: Optional[Tensor],
+    post: Optional[Tensor],
+    post_bias: Optional[Tensor],
+    corr: Optional[Tensor],
+    *,
     sigma: float,
     seed: int,
     noise_mode: str,
 ) -> Tensor:
-    """``dvalues[nnzb, b, b]``: gradient on the stored blocks only, zero off the synapse mask."""
-    if use_triton(dy):
-        from .triton_kernels.bsr_sdd import bsr_sdd
-
-        dw, _ = bsr_sdd(
-            dy=dy,
-            x=x,
-            values=values,
-            row=row,
-            col=col,
-            synapse_mask=synapse_mask,
-            sign=sign,
-            sigma=sigma,
-            seed=seed,
-            multiplicative=noise_mode == MULTIPLICATIVE,
-        )
-        return dw
-    b = values.shape[-1]
-    dw = tp.linear_dw(dy, x, row, col, sign, b, _method(values, crow, ccol_t)).to(values.dtype)
-    noise = tp.noise_factor(values, sigma, seed, noise_mode)
-    if noise is not None and noise_mode == MULTIPLICATIVE:
-        dw = dw * (1.0 + noise)
-    if synapse_mask is not None:
-        dw = dw * synapse_mask
-    return dw
+    """``dvalues[nnzb, b, b]`` on the stored blocks (zero off the synapse mask) and, given
+    ``corr``, the Hebbian correlation ``(post + post_bias)^T x / B`` from the same tiles."""
+    return for_tensor(dy).bsr_linear_dw(
+        dy=dy,
+        x=x,
+        row=row,
+        col=col,
+        block_size=values.shape[-1],
+        out_dtype=values.dtype,
+        synapse_mask=synapse_mask,
+        sign=sign,
+        sigma=sigma,
+        seed=seed,
+        noise_mode=noise_mode,
+        post=post,
+        post_bias=post_bias,
+        corr=corr,
+    )
 
 
 @bsr_linear_dw.register_fake
-def _(dy, x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, sigma, seed, noise_mode):
+def _(dy, x, values, *_, **__):
     return torch.empty_like(values)
 
 
-def _setup_context(ctx, inputs, output):
-    (x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, bias, n_out, sigma, seed, noise_mode) = (
-        inputs
-    )
-    ctx.save_for_backward(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign)
-    ctx.noise = (sigma, seed, noise_mode)
-    ctx.has_bias = bias is not None
+def _setup_context(ctx, inputs, keyword_only_inputs, output):
+    x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr = inputs
+    y, moments = output
+    ctx.mark_non_differentiable(moments)
+    ctx.n_inputs = len(inputs)
+    # the correlation buffer is written by the backward, so it is held, not saved (a saved tensor
+    # must not change before backward unpacks it)
+    ctx.corr = corr
+    ctx.save_for_backward(x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias)
+    ctx.post = y.detach() if corr is not None else None
+    ctx.noise = keyword_only_inputs  # sigma, seed, noise_mode (n_out is the output's width)
 
 
-def _backward(ctx, dy):
-    x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign = ctx.saved_tensors
-    sigma, seed, noise_mode = ctx.noise
+def _backward(ctx, dy, _):
+    x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias = ctx.saved_tensors
+    noise = {name: ctx.noise[name] for name in ("sigma", "seed", "noise_mode")}
     # NOTE: y.sum().backward() hands in a stride-0 expanded dy; every backend reads it densely.
     dy = dy.contiguous()
-    index = (crow, col, row, ccol_t, row_t, perm_t)
-    dx = dvalues = dbias = None
+    dx = dvalues = None
     if ctx.needs_input_grad[0]:
-        dx = bsr_linear_dx(dy, values, *index, synapse_mask, sign, x.shape[-1], sigma, seed, noise_mode)
+        dx = bsr_linear_dx(dy, values, ccol_t, row_t, perm_t, synapse_mask, sign, n_in=x.shape[-1], **noise)
     if ctx.needs_input_grad[1]:
-        dvalues = bsr_linear_dw(dy, x, values, *index, synapse_mask, sign, sigma, seed, noise_mode)
-    if ctx.has_bias and ctx.needs_input_grad[10]:
-        dbias = dy.reshape(-1, dy.shape[-1]).sum(0)
-    return dx, dvalues, None, None, None, None, None, None, None, None, dbias, None, None, None, None
+        dvalues = bsr_linear_dw(dy, x, values, row, col, synapse_mask, sign, ctx.post, post_bias, ctx.corr, **noise)
+    return (dx, dvalues) + (None,) * (ctx.n_inputs - 2)  # only x and values are differentiable
 
 
 bsr_linear.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate):
-    if use_triton(values):
-        from .triton_kernels.bsr_sdd import bsr_hebbian_update
-
-        return bsr_hebbian_update(
-            values=values,
-            pre=pre,
-            post=post,
-            row=row,
-            col=col,
-            synapse_mask=synapse_mask,
-            row_scale=None
-            if homeo_rate == 0.0 or post_rate is None
-            else homeostatic_scale(post_rate, target_rate, homeo_rate),
-            eta=eta,
-            oja=oja,
-        )
-    method = cpu_method(values.shape[-1], values.shape[0], crow.numel() - 1, -(-pre.shape[-1] // values.shape[-1]))
-    return tp.hebbian_update(
-        values, pre, post, row, col, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate, method
+@torch.library.custom_op("bionic_sparse::bsr_correlation", mutates_args=())
+def bsr_correlation(pre: Tensor, post: Tensor, row: Tensor, col: Tensor, *, block_size: int) -> Tensor:
+    """Hebbian correlation ``post^T pre / B`` on the stored blocks: ``[nnzb, b, b]`` in float32
+    (float64 for float64 activities), for plasticity without a backward pass."""
+    b = block_size
+    corr = pre.new_empty(row.numel(), b, b, dtype=torch.promote_types(pre.dtype, torch.float32))
+    for_tensor(pre).bsr_linear_dw(
+        dy=None,
+        x=pre,
+        row=row,
+        col=col,
+        block_size=b,
+        out_dtype=corr.dtype,
+        synapse_mask=None,
+        sign=None,
+        sigma=0.0,
+        seed=0,
+        noise_mode=MULTIPLICATIVE,
+        post=post,
+        post_bias=None,
+        corr=corr,
     )
+    return corr
 
 
-@torch.library.custom_op("bionic_sparse::bsr_hebbian", mutates_args=())
-def bsr_hebbian(
+@bsr_correlation.register_fake
+def _(pre, post, row, col, *, block_size):
+    return pre.new_empty(row.shape[0], block_size, block_size, dtype=torch.promote_types(pre.dtype, torch.float32))
+
+
+@torch.library.custom_op("bionic_sparse::bsr_plasticity_", mutates_args=("values",))
+def bsr_plasticity_(
     values: Tensor,
-    pre: Tensor,
-    post: Tensor,
-    crow: Tensor,
-    col: Tensor,
+    corr: Tensor,
     row: Tensor,
     synapse_mask: Optional[Tensor],
-    post_rate: Optional[Tensor],
+    post_sq: Tensor,
+    scale: Optional[Tensor],
+    *,
     eta: float,
     oja: float,
-    target_rate: float,
-    homeo_rate: float,
-) -> Tensor:
-    """New ``values`` after a Hebbian (Oja) + homeostatic step; see ``_torch_path.hebbian_update``."""
-    return _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate)
-
-
-@bsr_hebbian.register_fake
-def _(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate):
-    return torch.empty_like(values)
-
-
-@torch.library.custom_op("bionic_sparse::bsr_hebbian_", mutates_args=("values",))
-def bsr_hebbian_(
-    values: Tensor,
-    pre: Tensor,
-    post: Tensor,
-    crow: Tensor,
-    col: Tensor,
-    row: Tensor,
-    synapse_mask: Optional[Tensor],
-    post_rate: Optional[Tensor],
-    eta: float,
-    oja: float,
-    target_rate: float,
-    homeo_rate: float,
 ) -> None:
-    """In-place :func:`bsr_hebbian` on ``values``."""
-    values.copy_(
-        _hebbian(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate)
+    """``values <- plasticity_rule(values, corr, post_sq, scale) * synapse_mask`` in place
+    (:func:`bionic_sparse.plasticity.plasticity_rule`); ``post_sq`` and ``scale`` are ``[n_out]``."""
+    for_tensor(values).bsr_plasticity_(
+        values=values, corr=corr, row=row, synapse_mask=synapse_mask, post_sq=post_sq, scale=scale, eta=eta, oja=oja
     )
 
 
-@bsr_hebbian_.register_fake
-def _(values, pre, post, crow, col, row, synapse_mask, post_rate, eta, oja, target_rate, homeo_rate):
+@bsr_plasticity_.register_fake
+def _(values, *_, **__):
     return None

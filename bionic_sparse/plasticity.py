@@ -1,9 +1,12 @@
-"""The biology every backend shares, written once: synaptic-noise modes, the homeostatic scale,
-the activity EMA and the Hebbian (Oja) + homeostatic rule as a dense reference.
+"""The biology every backend shares, written once: synaptic-noise modes, the activity statistics,
+the homeostatic scale, the activity EMA and the Hebbian (Oja) + homeostatic rule.
 
-The block-sparse CPU path and the Triton kernels implement the same rule on the stored blocks;
-``MaskedLinear`` (dense-masked execution) calls :func:`dense_plasticity` directly, and the tests
-compare every implementation with it.
+The rule is split the way the engine runs it. In a training step the weight-gradient pass also
+writes the Hebbian correlation ``post^T pre / B`` of the stored blocks (:func:`correlation`), the
+forward pass writes the activity statistics (:func:`post_moments`), and after the optimiser step
+:func:`plasticity_rule` applies the update elementwise. :func:`dense_plasticity` chains the three
+on a dense weight: it is the reference that ``MaskedLinear``, the CPU backend and the tests use,
+and the Triton kernels are tested against it.
 """
 
 from __future__ import annotations
@@ -14,14 +17,32 @@ __all__ = [
     "MULTIPLICATIVE",
     "ADDITIVE",
     "NOISE_MODES",
+    "post_moments",
+    "correlation",
     "homeostatic_scale",
     "update_rate_",
+    "plasticity_rule",
     "dense_plasticity",
 ]
 
 MULTIPLICATIVE = "multiplicative"  # W * (1 + sigma xi)
 ADDITIVE = "additive"  # W + sigma xi
 NOISE_MODES = (MULTIPLICATIVE, ADDITIVE)
+
+
+def post_moments(post: torch.Tensor) -> torch.Tensor:
+    """Activity statistics of each output unit over the batch: ``[2, n_out]`` (float32 or wider)
+    holding ``mean_B |post|`` (the rate that homeostasis tracks) and ``mean_B post^2`` (Oja's decay)."""
+    post2d = post.reshape(-1, post.shape[-1]).to(torch.promote_types(post.dtype, torch.float32))
+    batch = max(post2d.shape[0], 1)
+    return torch.stack((post2d.abs().sum(0) / batch, post2d.square().sum(0) / batch))
+
+
+def correlation(pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+    """Dense Hebbian correlation ``post^T pre / B`` ``[n_out, n_in]`` (in ``pre``'s dtype)."""
+    pre2d = pre.reshape(-1, pre.shape[-1])
+    post2d = post.reshape(-1, post.shape[-1]).to(pre2d.dtype)
+    return post2d.T @ pre2d / max(pre2d.shape[0], 1)
 
 
 def homeostatic_scale(post_rate: torch.Tensor, target_rate: float, homeo_rate: float) -> torch.Tensor:
@@ -31,10 +52,33 @@ def homeostatic_scale(post_rate: torch.Tensor, target_rate: float, homeo_rate: f
     return 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
 
 
-def update_rate_(post_rate: torch.Tensor, post: torch.Tensor, momentum: float) -> None:
-    """EMA of the mean absolute activity per output unit: ``r <- m r + (1 - m) mean_batch |post|``."""
-    post2d = post.reshape(-1, post_rate.shape[0])
-    post_rate.mul_(momentum).add_(post2d.abs().mean(0).to(post_rate.dtype), alpha=1 - momentum)
+def update_rate_(post_rate: torch.Tensor, batch_rate: torch.Tensor, momentum: float) -> None:
+    """EMA of the activity per output unit: ``r <- m r + (1 - m) batch_rate``, where
+    ``batch_rate[n_out]`` is this batch's ``mean_B |post|`` (row 0 of :func:`post_moments`)."""
+    post_rate.mul_(momentum).add_(batch_rate.to(post_rate.dtype), alpha=1 - momentum)
+
+
+def plasticity_rule(
+    weight: torch.Tensor,
+    corr: torch.Tensor,
+    post_sq: torch.Tensor,
+    scale: torch.Tensor | None,
+    eta: float,
+    oja: float,
+) -> torch.Tensor:
+    """One Hebbian (Oja) + homeostatic step, elementwise: ``W' = (W + eta (C - oja q W)) s`` with
+    an entry whose sign would flip set to zero.
+
+    ``weight`` and ``corr`` have the same shape; ``post_sq`` (``q``, the mean squared activity of
+    the postsynaptic unit) and ``scale`` (``s``, its :func:`homeostatic_scale`, or ``None``) are
+    already broadcast to it (``[n_out, 1]`` for a dense weight, ``[nnzb, b, 1]`` for blocks).
+    Returns a new tensor in ``weight.dtype``; masking is the caller's.
+    """
+    w = weight.to(torch.promote_types(weight.dtype, corr.dtype))
+    new = w + eta * (corr - oja * post_sq.to(w.dtype) * w)
+    if scale is not None:
+        new = new * scale.to(new.dtype)
+    return torch.where(new * w < 0, torch.zeros_like(new), new).to(weight.dtype)
 
 
 def dense_plasticity(
@@ -48,7 +92,7 @@ def dense_plasticity(
     target_rate: float = 0.1,
     homeo_rate: float = 0.0,
 ) -> torch.Tensor:
-    """One Hebbian (Oja) + homeostatic step on a dense ``weight[n_out, n_in]`` (the reference).
+    """The reference: one plasticity step on a dense ``weight[n_out, n_in]`` from activities.
 
     ``W' = W + eta (post^T pre / B - oja mean_B(post^2) W)``, each row ``i`` then scaled by
     :func:`homeostatic_scale` of ``post_rate``, an entry whose sign would flip set to zero, and
@@ -56,11 +100,10 @@ def dense_plasticity(
     weights are magnitudes and grow with correlation whatever the presynaptic sign);
     ``post[..., n_out]`` is the layer's output. Returns a new tensor in ``weight.dtype``.
     """
-    pre2d = pre.reshape(-1, weight.shape[1]).to(weight.dtype)
-    post2d = post.reshape(-1, weight.shape[0]).to(weight.dtype)
-    batch = max(pre2d.shape[0], 1)
-    new = weight + eta * (post2d.T @ pre2d / batch - oja * post2d.pow(2).mean(0)[:, None] * weight)
+    pre, post = pre.to(weight.dtype), post.to(weight.dtype)
+    corr = correlation(pre, post)
+    post_sq = post_moments(post)[1][:, None]
+    scale = None
     if homeo_rate != 0.0 and post_rate is not None:
-        new = new * homeostatic_scale(post_rate, target_rate, homeo_rate).to(new.dtype)[:, None]
-    new = torch.where(new * weight < 0, torch.zeros_like(new), new)
-    return new * mask.to(new.dtype)
+        scale = homeostatic_scale(post_rate, target_rate, homeo_rate)[:, None]
+    return plasticity_rule(weight, corr, post_sq, scale, eta, oja) * mask.to(weight.dtype)

@@ -23,7 +23,7 @@ from bionic_sparse.triton_kernels.bsr_linear import (
     _bsr_linear_fwd_kernel,
     _bsr_materialize_kernel,
 )
-from bionic_sparse.triton_kernels.bsr_sdd import _bsr_hebbian_finish_kernel, _bsr_sdd_kernel
+from bionic_sparse.triton_kernels.bsr_sdd import _bsr_linear_bwd_dw_kernel, _bsr_plasticity_kernel
 
 # Shared memory per block available to a kernel (opt-in maximum), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -49,15 +49,15 @@ _INT_ARGS = {
 }
 _FLOAT_ARGS = {"sigma", "eta", "oja", "inv_batch"}
 _INDEX_ARGS = {"crow", "col", "row", "row_order", "ccol_t", "row_t", "perm_t", "col_order"}
-_F32_ARGS = {"act_sum", "act_sq", "m2", "scale", "sign", "bias"}
+_F32_ARGS = {"moments", "post_bias", "post_sq", "scale", "sign", "corr"}
 _ACT_ARGS = {"x", "y", "dy", "dx", "post", "out"}
 
 KERNELS = {
     "fwd": _bsr_linear_fwd_kernel,
     "dx": _bsr_linear_bwd_dx_kernel,
-    "sdd": _bsr_sdd_kernel,
+    "sdd": _bsr_linear_bwd_dw_kernel,
     "materialize": _bsr_materialize_kernel,
-    "hebbian_finish": _bsr_hebbian_finish_kernel,
+    "plasticity": _bsr_plasticity_kernel,
 }
 
 
@@ -85,29 +85,24 @@ def _signature(name: str, jit, dtype: str, block_size: int, bm: int, features: b
     flags = {
         "HAS_MASK": features,
         "HAS_SIGN": features,
-        "HAS_BIAS": features,
         "HAS_NOISE": features,
-        "HAS_ACT": features,
+        "HAS_STATS": features,
+        "HAS_POST_BIAS": features,
         "HAS_GRAD": True,
-        "HAS_HEBB": features,
+        "HAS_CORR": features,
         "HAS_SCALE": features,
     }
     optional = {
         "synapse_mask": "HAS_MASK",
         "sign": "HAS_SIGN",
-        "bias": "HAS_BIAS",
-        "act_sum": "HAS_ACT",
-        "act_sq": "HAS_ACT",
-        "post": "HAS_HEBB",
-        "new_values": "HAS_HEBB",
-        "m2": "HAS_HEBB",
+        "moments": "HAS_STATS",
+        "post_bias": "HAS_POST_BIAS",
+        "post": "HAS_CORR",
+        "corr": "HAS_CORR",
         "scale": "HAS_SCALE",
     }
-    if name == "sdd" and split == 1:
-        optional["hsum"] = "HAS_SPLIT"
-        flags["HAS_SPLIT"] = False
     for arg in jit.arg_names:
-        if arg in flags and arg != "HAS_SPLIT":
+        if arg in flags:
             sig[arg], consts[arg] = "constexpr", flags[arg]
         elif arg in optional and not flags[optional[arg]]:
             sig[arg], consts[arg] = "constexpr", None
@@ -117,8 +112,6 @@ def _signature(name: str, jit, dtype: str, block_size: int, bm: int, features: b
             sig[arg], consts[arg] = "constexpr", bm
         elif arg == "MULTIPLICATIVE":
             sig[arg], consts[arg] = "constexpr", True
-        elif arg == "ACTIVATION":
-            sig[arg], consts[arg] = "constexpr", "none"
         elif arg == "PRECISION":
             sig[arg], consts[arg] = "constexpr", "tf32" if dtype == "fp32" else "ieee"
         elif arg == "SPLIT":
@@ -131,7 +124,7 @@ def _signature(name: str, jit, dtype: str, block_size: int, bm: int, features: b
             sig[arg] = "*i32"
         elif arg == "synapse_mask":
             sig[arg] = "*u8"
-        elif arg in _F32_ARGS or arg in ("values", "dw", "new_values", "hsum"):
+        elif arg in _F32_ARGS or arg in ("values", "dw"):
             sig[arg] = "*fp32"  # fp32 masters
         elif arg in _ACT_ARGS:
             sig[arg] = _PTR[dtype]

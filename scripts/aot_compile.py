@@ -51,7 +51,7 @@ def variants(block_sizes: list[int]) -> list[dict]:
                             out.append(dict(base, features=False))
                             if kernel == "sdd":
                                 out.append(dict(base, features=True, split=2))
-            for kernel in ("materialize", "hebbian_finish"):
+            for kernel in ("materialize", "plasticity"):
                 out.append(dict(name=kernel, cc=cc, dtype="bf16", block_size=b, num_warps=8 if b >= 64 else 4))
     return out
 

@@ -99,23 +99,36 @@ def test_opcheck_every_op(cpu_method, with_mask):
     mask = make_mask(40, 24, 8, 0.6, 0.5 if with_mask else 1.0, seed=5)
     m = BlockSparseMatrix.from_dense(mask, 8, weight=torch.randn(40, 24, dtype=torch.float64))
     assert (m.synapse_mask is not None) == with_mask
-    idx = (m.crow, m.col, m.row, m.ccol_t, m.row_t, m.perm_t)
+    idx = tuple(m.index_tensors().values())
     x = torch.randn(5, 24, dtype=torch.float64, requires_grad=True)
     values = m.values.clone().requires_grad_()
-    bias = torch.randn(40, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(40, dtype=torch.float64)
     sign = torch.randn(24, dtype=torch.float64)
     dy = torch.randn(5, 40, dtype=torch.float64)
-    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, bias, 40, 0.2, 3, "multiplicative"))
-    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, None, None, 40, 0.0, 3, "additive"))
-    torch.library.opcheck(ops.bsr_linear_dx, (dy, values.detach(), *idx, m.synapse_mask, sign, 24, 0.2, 3, "additive"))
+    corr = torch.zeros_like(m.values)
+    noise = dict(sigma=0.2, seed=3, noise_mode="multiplicative")
+    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, None, None), dict(n_out=40, **noise))
+    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, bias, corr), dict(n_out=40, **noise))
     torch.library.opcheck(
-        ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *idx, m.synapse_mask, sign, 0.2, 3, "multiplicative")
+        ops.bsr_linear,
+        (x, values, *idx, None, None, None, None),
+        dict(n_out=40, sigma=0.0, seed=3, noise_mode="additive"),
     )
+    transposed = (m.ccol_t, m.row_t, m.perm_t)
+    torch.library.opcheck(
+        ops.bsr_linear_dx, (dy, values.detach(), *transposed, m.synapse_mask, sign), dict(n_in=24, **noise)
+    )
+    coo = (m.row, m.col, m.synapse_mask, sign)
+    torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, None, None, None), noise)
+    torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, dy, bias, corr), noise)
     post = torch.randn(5, 40, dtype=torch.float64)
+    torch.library.opcheck(ops.bsr_correlation, (x.detach(), post, m.row, m.col), dict(block_size=8))
     rate = torch.rand(40, dtype=torch.float64)
-    heb = (x.detach(), post, m.crow, m.col, m.row, m.synapse_mask, rate, 0.1, 1.0, 0.2, 0.05)
-    torch.library.opcheck(ops.bsr_hebbian, (values.detach(), *heb))
-    torch.library.opcheck(ops.bsr_hebbian_, (values.detach().clone(), *heb))
+    torch.library.opcheck(
+        ops.bsr_plasticity_,
+        (values.detach().clone(), corr.normal_(), m.row, m.synapse_mask, rate, rate + 0.5),
+        dict(eta=0.1, oja=1.0),
+    )
 
 
 class _Net(torch.nn.Module):

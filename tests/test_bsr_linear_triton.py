@@ -4,13 +4,14 @@ bf16 ``tl.dot`` multiplies raw bit patterns (triton issue #11584)."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
 from bionic_sparse import BlockSparseMatrix
-from bionic_sparse import _torch_path as tp
-from bionic_sparse.noise import philox4x32, synapse_randn
-from bionic_sparse.plasticity import homeostatic_scale
+from bionic_sparse.noise import philox4x32, synapse_noise, synapse_randn
+from bionic_sparse.plasticity import correlation, dense_plasticity, homeostatic_scale, post_moments
 
 from .conftest import dense_oracle_weight, interpreter_enabled, make_mask, rel_err
 
@@ -24,7 +25,7 @@ tl = pytest.importorskip("triton.language")
 
 from bionic_sparse.triton_kernels import _common  # noqa: E402
 from bionic_sparse.triton_kernels.bsr_linear import bsr_linear_dx, bsr_linear_fwd, materialize  # noqa: E402
-from bionic_sparse.triton_kernels.bsr_sdd import bsr_hebbian_update, bsr_sdd  # noqa: E402
+from bionic_sparse.triton_kernels.bsr_sdd import bsr_linear_dw, bsr_plasticity_  # noqa: E402
 
 TOL = {torch.float32: 2e-5, torch.float16: 3e-3}
 
@@ -46,6 +47,10 @@ def build(n_out, n_in, b, density, fill, seed=0):
     return BlockSparseMatrix.from_dense(mask, b, weight=torch.randn(n_out, n_in))
 
 
+def nan_like(t: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(t, float("nan"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
 @pytest.mark.parametrize("sigma,mult", [(0.0, True), (0.25, True), (0.25, False)], ids=["nonoise", "mult", "add"])
 @pytest.mark.parametrize("n_out,n_in,b,density,fill,batch", CASES)
@@ -59,51 +64,38 @@ def test_kernels_match_oracle(n_out, n_in, b, density, fill, batch, sigma, mult,
     dy = torch.randn(batch, n_out).to(dtype)
     w_ref = dense_oracle_weight(m, m.values, sign, sigma, 77, mode)
 
-    y = bsr_linear_fwd(x, m.values, m.crow, m.col, m.synapse_mask, sign, bias, n_out, sigma, 77, mult)
+    moments = nan_like(torch.empty(2, n_out))
+    y = bsr_linear_fwd(x, m.values, m.crow, m.col, m.synapse_mask, sign, n_out, sigma, 77, mult, bias, moments)
+    y_ref = x.double() @ w_ref.T
     assert y.dtype == dtype
-    assert rel_err(y, x.double() @ w_ref.T + bias.double()) < TOL[dtype]
+    assert rel_err(y, y_ref) < TOL[dtype]
+    assert rel_err(moments, post_moments(y_ref + bias.double())) < TOL[dtype]
 
     dx = bsr_linear_dx(dy, m.values, m.ccol_t, m.row_t, m.perm_t, m.synapse_mask, sign, n_in, sigma, 77, mult)
     assert rel_err(dx, dy.double() @ w_ref) < TOL[dtype]
 
-    post = torch.randn(batch, n_out).to(dtype)
-    rate = torch.rand(n_out)
-    dw, new = bsr_sdd(
-        dy,
-        x,
-        m.values,
-        m.row,
-        m.col,
-        m.synapse_mask,
-        sign,
-        sigma,
-        77,
-        mult,
-        post=post,
-        eta=0.2,
-        oja=1.0,
-        row_scale=homeostatic_scale(rate, 0.3, 0.1),
+    # the fused weight-gradient pass: dW and the correlation of post = y + bias from the same tiles
+    corr = nan_like(m.values)
+    dw = bsr_linear_dw(
+        dy, x, m.row, m.col, b, torch.float32, m.synapse_mask, sign, sigma, 77, mult, post=y, post_bias=bias, corr=corr
     )
-    factor = 1 + sigma * tp.noise_factor(m.values.double(), 1.0, 77, mode) if sigma and mult else 1.0
+    factor = 1 + sigma * synapse_noise(77, m.nnzb, b).double() if sigma and mult else 1.0
     dw_ref = m.gather_blocks(dy.double().T @ (x.double() * sign.double())) * factor
     assert rel_err(dw, dw_ref) < TOL[dtype]
     assert not (dw * ~m.element_mask()).any(), "gradient leaked off the mask"
-    new_ref = tp.hebbian_update(
-        m.values.double(),
-        x.double(),
-        post.double(),
-        m.row,
-        m.col,
-        m.synapse_mask,
-        rate.double(),
-        0.2,
-        1.0,
-        0.3,
-        0.1,
-        "dense",
-    )
-    assert rel_err(new, new_ref) < TOL[dtype]
-    assert not (new * ~m.element_mask()).any(), "plasticity created synapses off the mask"
+    post_ref = y.double() + bias.double()
+    # (compared on the synapses: the update masks the rest; an unwritten NaN still shows)
+    assert rel_err(corr * m.element_mask(), m.gather_blocks(correlation(x.double(), post_ref))) < TOL[dtype]
+
+    # the plasticity update applied in place from that correlation
+    rate = torch.rand(n_out)
+    values = m.values.abs().contiguous()
+    w0 = m.to_dense(values).double()
+    q = post_moments(post_ref)[1].float()
+    bsr_plasticity_(values, corr, m.row, m.synapse_mask, q, homeostatic_scale(rate, 0.3, 0.1), 0.2, 1.0)
+    ref = dense_plasticity(w0, m.to_dense_mask(), x.double(), post_ref, 0.2, 1.0, rate.double(), 0.3, 0.1)
+    assert rel_err(m.to_dense(values), ref) < TOL[dtype]
+    assert not (values * ~m.element_mask()).any(), "plasticity created synapses off the mask"
 
 
 def test_stride0_grad_output_and_materialize():
@@ -113,30 +105,11 @@ def test_stride0_grad_output_and_materialize():
     w_ref = dense_oracle_weight(m, m.values, None, 0.3, 5, "additive")
     dx = bsr_linear_dx(dy, m.values, m.ccol_t, m.row_t, m.perm_t, m.synapse_mask, None, 45, 0.3, 5, False)
     assert rel_err(dx, dy.double() @ w_ref) < 2e-5
-    dw, _ = bsr_sdd(dy, torch.randn(6, 45), m.values, m.row, m.col, m.synapse_mask, None)
-    assert torch.isfinite(dw).all()
+    x = torch.randn(6, 45)
+    dw = bsr_linear_dw(dy, x, m.row, m.col, 16, torch.float32, m.synapse_mask, None)
+    assert rel_err(dw, m.gather_blocks(dy.double().T @ x.double()) * m.element_mask()) < 2e-5
     w_eff = materialize(m.values, m.synapse_mask, 0.3, 5, False, torch.float32)
-    assert rel_err(w_eff, tp.effective_values(m.values, m.synapse_mask, 0.3, 5, "additive")) < 1e-6
-
-
-def test_activity_sums_and_relu():
-    m = build(32, 64, 32, 0.5, 1.0)
-    x = torch.randn(7, 64)
-    act_sum, act_sq = torch.zeros(32), torch.zeros(32)
-    y = bsr_linear_fwd(
-        x, m.values, m.crow, m.col, m.synapse_mask, None, None, 32, activation="relu", act_stats=(act_sum, act_sq)
-    )
-    ref = torch.relu(x.double() @ m.to_dense().double().T)
-    assert rel_err(y, ref) < 2e-5
-    assert rel_err(act_sum, ref.abs().sum(0)) < 2e-5 and rel_err(act_sq, (ref**2).sum(0)) < 2e-5
-
-
-def test_hebbian_only_entry_point():
-    m = build(40, 45, 16, 0.6, 0.5)
-    pre, post = torch.randn(9, 45), torch.randn(9, 40)
-    new = bsr_hebbian_update(m.values, pre, post, m.row, m.col, m.synapse_mask, None, 0.1, 1.0)
-    ref = tp.hebbian_update(m.values, pre, post, m.row, m.col, m.synapse_mask, None, 0.1, 1.0, 0.1, 0.0, "dense")
-    assert rel_err(new, ref) < 2e-5
+    assert rel_err(w_eff, (m.values + 0.3 * synapse_noise(5, m.nnzb, 16)) * m.synapse_mask) < 1e-6
 
 
 @triton.jit
@@ -183,35 +156,28 @@ def test_custom_op_routes_to_triton(monkeypatch):
 def test_launcher_errors():
     m = build(40, 45, 16, 0.6, 0.5)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        bsr_linear_fwd(torch.randn(2, 45), torch.zeros(3, 8, 8), m.crow, m.col, None, None, None, 40)
+        bsr_linear_fwd(torch.randn(2, 45), torch.zeros(3, 8, 8), m.crow, m.col, None, None, 40)
     with pytest.raises(ValueError, match="crow must be int32"):
-        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow.long(), m.col, None, None, None, 40)
+        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow.long(), m.col, None, None, 40)
     with pytest.raises(ValueError, match="x must be fp32/fp16/bf16"):
-        bsr_linear_fwd(torch.randn(2, 45).double(), m.values, m.crow, m.col, None, None, None, 40)
-    with pytest.raises(ValueError, match="activation"):
-        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow, m.col, None, None, None, 40, activation="gelu")
+        bsr_linear_fwd(torch.randn(2, 45).double(), m.values, m.crow, m.col, None, None, 40)
+    with pytest.raises(ValueError, match="post_moments must be"):
+        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow, m.col, None, None, 40, post_moments=torch.zeros(40))
+    with pytest.raises(ValueError, match="corr needs post"):
+        bsr_linear_dw(None, torch.randn(2, 45), m.row, m.col, 16, torch.float32, None, None, corr=m.values.clone())
 
 
-def test_batch_split_two_stage_matches_single_pass():
+def test_batch_split_matches_single_pass():
     m = build(40, 45, 16, 0.6, 0.5)
-    x, dy, post = torch.randn(40, 45), torch.randn(40, 40), torch.randn(40, 40)
-    one = bsr_sdd(dy, x, m.values, m.row, m.col, m.synapse_mask, None, 0.2, 3, True, post=post, eta=0.1, split=1)
-    three = bsr_sdd(dy, x, m.values, m.row, m.col, m.synapse_mask, None, 0.2, 3, True, post=post, eta=0.1, split=3)
-    assert rel_err(three[0], one[0]) < 2e-6 and rel_err(three[1], one[1]) < 2e-6
-    sq = (post**2).sum(0)
-    fused = bsr_sdd(None, x, m.values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, post_sq_sum=sq)
-    assert rel_err(fused[1], one[1]) < 2e-6
-
-
-@pytest.mark.parametrize("split", [1, 2])
-def test_inplace_plasticity(split):
-    m = build(40, 45, 16, 0.6, 0.5)
-    x, dy, post = torch.randn(12, 45), torch.randn(12, 40), torch.randn(12, 40)
-    ref_dw, ref_new = bsr_sdd(dy, x, m.values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, split=split)
-    values = m.values.clone()
-    dw, new = bsr_sdd(dy, x, values, m.row, m.col, m.synapse_mask, None, post=post, eta=0.1, split=split, inplace=True)
-    assert new is values
-    assert rel_err(values, ref_new) < 1e-6 and rel_err(dw, ref_dw) < 1e-6
+    x, dy, post, bias = torch.randn(40, 45), torch.randn(40, 40), torch.randn(40, 40), torch.randn(40)
+    outs = []
+    for split in (1, 3):
+        corr = nan_like(m.values)
+        dw = bsr_linear_dw(
+            dy, x, m.row, m.col, 16, torch.float32, m.synapse_mask, None, 0.2, 3, True, post, bias, corr, split=split
+        )
+        outs.append((dw, corr))
+    assert rel_err(outs[1][0], outs[0][0]) < 2e-6 and rel_err(outs[1][1], outs[0][1]) < 2e-6
 
 
 def test_plasticity_op_routes_to_triton(monkeypatch):
@@ -224,3 +190,32 @@ def test_plasticity_op_routes_to_triton(monkeypatch):
     got = bs.plasticity_update(m, pre, post, **kw)
     monkeypatch.setenv("BIONIC_SPARSE_BACKEND", "blockT")
     assert rel_err(got, bs.plasticity_update(m, pre, post, **kw)) < 2e-5
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "additive"])
+def test_fused_module_step_matches_cpu_backend(monkeypatch, mode):
+    """One training step of SparseConnectomeLinear with Dale signs, noise and plasticity: the
+    Triton backend (fused weight-gradient + correlation pass) and the CPU backend agree on the
+    gradients, the activity record, the rate EMA and the weights after the plasticity step."""
+    import bionic_sparse as bs
+
+    torch.manual_seed(4)
+    mask = make_mask(40, 45, 16, 0.6, 0.5, seed=2, empty_rows=slice(0, 16), empty_cols=slice(3, 7))
+    sign = torch.where(torch.rand(45) < 0.7, 1.0, -1.5)
+    ref = bs.SparseConnectomeLinear(45, 40, mask=mask, block_size=16, sign=sign, noise_sigma=0.2, noise_mode=mode)
+    x, g = torch.randn(9, 45), torch.randn(9, 40)
+    results = []
+    for backend in ("triton", "blockT"):
+        monkeypatch.setenv("BIONIC_SPARSE_BACKEND", backend)
+        layer = copy.deepcopy(ref).train()
+        layer.record_activity = True
+        y = layer(x)
+        (y * g).sum().backward()
+        grads = (layer.values.grad.clone(), layer.bias.grad.clone())
+        with torch.no_grad():
+            layer.values -= 0.05 * layer.values.grad
+        layer.constrain_()
+        layer.plasticity_step(eta=0.1, oja=1.0, target_rate=0.3, homeo_rate=0.1)
+        results.append((y.detach(), *grads, layer.post_rate.clone(), layer.values.detach().clone()))
+    for got, want in zip(*results, strict=True):
+        assert rel_err(got, want) < 2e-5

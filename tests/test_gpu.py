@@ -8,7 +8,7 @@ import torch
 
 import bionic_sparse as bs
 from bionic_sparse import BlockSparseMatrix
-from bionic_sparse import _torch_path as tp
+from bionic_sparse.noise import synapse_noise
 
 from .conftest import dense_oracle_weight, make_mask, rel_err
 
@@ -58,9 +58,7 @@ def test_custom_op_on_gpu_matches_oracle(n_out, n_in, b, density, batch, sigma, 
     xr = xc.detach().double().cpu()
     assert rel_err(y, xr @ w_ref.T + bias.double()) < TOL[dtype]
     assert rel_err(xc.grad, dy.to(dtype).double() @ w_ref) < TOL[dtype]
-    factor = (
-        1 + sigma * tp.noise_factor(m.values.double(), 1.0, 42, mode) if sigma and mode == "multiplicative" else 1.0
-    )
+    factor = 1 + sigma * synapse_noise(42, m.nnzb, b).double() if sigma and mode == "multiplicative" else 1.0
     dw_ref = m.gather_blocks(dy.to(dtype).double().T @ (xr * sign.double())) * factor
     assert rel_err(values.grad, dw_ref) < TOL[dtype]
     assert not (values.grad.cpu() * ~m.element_mask()).any()
@@ -87,15 +85,43 @@ def test_plasticity_on_gpu_matches_cpu():
     assert rel_err(got, ref) < 1e-5
 
 
-def test_split_batch_weight_gradient():
-    from bionic_sparse.triton_kernels.bsr_sdd import bsr_sdd
+def test_split_batch_weight_gradient_and_correlation():
+    from bionic_sparse.triton_kernels.bsr_sdd import bsr_linear_dw
 
     m = BlockSparseMatrix.from_block_mask(torch.eye(4, dtype=torch.bool), 64).to("cuda")  # 4 blocks: split
     m.values = torch.randn_like(m.values)
-    x, dy = torch.randn(8192, 256, device="cuda"), torch.randn(8192, 256, device="cuda")
-    dw, _ = bsr_sdd(dy, x, m.values, m.row, m.col, None, None)
-    ref = m.gather_blocks(dy.double().T @ x.double())
-    assert rel_err(dw, ref) < 1e-5
+    x, dy, post = (torch.randn(8192, 256, device="cuda") for _ in range(3))
+    corr = torch.full_like(m.values, float("nan"))
+    dw = bsr_linear_dw(dy, x, m.row, m.col, 64, torch.float32, None, None, post=post, corr=corr)
+    assert rel_err(dw, m.gather_blocks(dy.double().T @ x.double())) < 1e-5
+    assert rel_err(corr, m.gather_blocks(post.double().T @ x.double() / 8192)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_module_step_on_gpu_matches_cpu(dtype):
+    """SparseConnectomeLinear with Dale signs, noise and plasticity: one training step (fused
+    weight-gradient + correlation pass, plasticity after the optimiser step) on the GPU and on CPU."""
+    import copy
+
+    torch.manual_seed(6)
+    mask = make_mask(1024, 768, 64, 0.2, 0.8, seed=2, empty_rows=slice(0, 64))
+    sign = torch.where(torch.rand(768) < 0.8, 1.0, -2.0)
+    ref = bs.SparseConnectomeLinear(768, 1024, mask=mask, block_size=64, sign=sign, noise_sigma=0.1)
+    x, g = torch.randn(300, 768), torch.randn(300, 1024)
+    results = []
+    for device in ("cuda", "cpu"):
+        layer = copy.deepcopy(ref).to(device).train()
+        layer.record_activity = True
+        xd = x.to(device, dtype if device == "cuda" else torch.float32)
+        (layer(xd).float() * g.to(device)).sum().backward()
+        with torch.no_grad():
+            layer.values -= 0.01 * layer.values.grad
+        layer.constrain_()
+        layer.plasticity_step(eta=0.01, target_rate=0.3, homeo_rate=0.1)
+        results.append((layer.post_rate.cpu(), layer.values.detach().cpu()))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for got, want in zip(*results, strict=True):
+        assert rel_err(got, want) < tol
 
 
 def test_model_trains_on_gpu():

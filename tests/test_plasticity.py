@@ -7,9 +7,10 @@ import torch
 
 import bionic_sparse as bs
 from bionic_sparse import BlockSparseMatrix
+from bionic_sparse.noise import synapse_noise
 from bionic_sparse.plasticity import dense_plasticity as reference
 
-from .conftest import make_mask, rel_err
+from .conftest import dense_oracle_weight, make_mask, rel_err
 
 
 def dense_plasticity(w, mask, pre, post, eta, oja, rate, target, homeo):
@@ -140,3 +141,98 @@ def test_dense_masked_layer_applies_the_same_rule(signed):
     assert rel_err(got_sparse, ref) < 1e-10
     assert rel_err(got_dense, got_sparse) < 1e-10
     assert torch.allclose(sparse.post_rate, dense.post_rate)
+
+
+def _oracle_step(layer, x, g, lr, kw):
+    """What one training step with plasticity must do, in float64 on dense tensors: forward with
+    the layer's noise, the gradient step, Dale projection, the rate EMA, then the rule."""
+    m = layer.matrix
+    sign = layer.sign
+    w_eff = dense_oracle_weight(m, layer.values, sign, layer.noise_sigma, layer.noise_seed, layer.noise_mode)
+    post = x.double() @ w_eff.T + layer.bias.detach().double()
+    w_grad = g.double().T @ x.double()  # d loss / d W_eff
+    factor = 1.0
+    if layer.noise_mode == "multiplicative":
+        factor = 1 + layer.noise_sigma * synapse_noise(layer.noise_seed, m.nnzb, m.block_size).double()
+    dvalues = m.gather_blocks(w_grad * sign.double()) * factor
+    w_new = m.to_dense(layer.values.detach().double() - lr * dvalues).clamp_min(0)
+    rate = 0.9 * layer.post_rate.double() + 0.1 * post.abs().mean(0)
+    mask = m.to_dense_mask()
+    ref = dense_plasticity(
+        w_new, mask, x.double(), post, kw["eta"], kw["oja"], rate, kw["target_rate"], kw["homeo_rate"]
+    )
+    return post, dvalues, rate, ref.clamp_min(0)
+
+
+@pytest.mark.parametrize("mode", ["multiplicative", "additive"])
+def test_fused_training_step_matches_reference(cpu_method, monkeypatch, mode):
+    """SparseConnectomeLinear with Dale signs, noise and plasticity: the forward records the activity
+    statistics, the backward's weight-gradient pass writes the Hebbian correlation, and the step
+    after the optimiser applies the rule without another pass over the activities."""
+    torch.manual_seed(2)
+    mask = make_mask(70, 45, 16, 0.6, 0.6, seed=3, empty_rows=slice(0, 16), empty_cols=slice(3, 7))
+    sign = torch.where(torch.rand(45) < 0.75, 1.0, -1.5).double()
+    layer = bs.SparseConnectomeLinear(
+        45, 70, mask=mask, block_size=16, sign=sign, noise_sigma=0.3, noise_mode=mode, dtype=torch.float64
+    ).train()
+    layer.record_activity = True
+    layer.post_rate.uniform_(0.1, 0.5)
+    x, g = torch.randn(11, 45, dtype=torch.float64), torch.randn(11, 70, dtype=torch.float64)
+    kw = dict(eta=0.05, oja=1.0, target_rate=0.3, homeo_rate=0.2)
+    post_ref, dvalues_ref, rate_ref, w_ref = _oracle_step(layer, x, g, 0.1, kw)
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the fused step must not recompute the correlation from the activities")
+
+    monkeypatch.setattr(bs.ops, "bsr_correlation", no_second_pass)
+    y = layer(x)
+    layer._record.corr.fill_(float("nan"))  # poisoned: the backward must write every entry
+    (y * g).sum().backward()
+    assert rel_err(y, post_ref) < 1e-10
+    assert rel_err(layer._record.moments, torch.stack((post_ref.abs().mean(0), post_ref.square().mean(0)))) < 1e-10
+    assert rel_err(layer.values.grad, dvalues_ref) < 1e-10
+    with torch.no_grad():
+        layer.values -= 0.1 * layer.values.grad
+    layer.constrain_()
+    layer.plasticity_step(**kw)
+    assert rel_err(layer.post_rate, rate_ref) < 1e-10
+    assert rel_err(layer.matrix.to_dense(layer.values.detach()), w_ref) < 1e-10
+    assert not (layer.values * ~layer.matrix.element_mask()).any(), "plasticity created synapses off the mask"
+    with pytest.raises(RuntimeError, match="record_activity"):
+        layer.plasticity_step(**kw)  # a record is used once
+
+
+def test_hebbian_only_under_no_grad_and_without_backward():
+    """Plasticity without a backward pass: under torch.no_grad(), and after a forward with
+    gradients whose backward never ran, the step learns from the recorded activities."""
+    torch.manual_seed(5)
+    mask = make_mask(32, 48, 16, 0.7, 0.8, seed=1)
+    kw = dict(eta=0.1, oja=1.0, target_rate=0.3, homeo_rate=0.1)
+    x = torch.randn(6, 48, dtype=torch.float64)
+    outs = []
+    for grad in (False, True):
+        torch.manual_seed(0)
+        layer = bs.SparseConnectomeLinear(48, 32, mask=mask, block_size=16, dtype=torch.float64).train()
+        layer.record_activity = True
+        w0 = layer.matrix.to_dense(layer.values.detach()).clone()
+        with torch.set_grad_enabled(grad):
+            post = layer(x).detach()
+        layer.plasticity_step(**kw)
+        rate = 0.1 * post.abs().mean(0)
+        ref = dense_plasticity(w0, mask.double(), x, post, 0.1, 1.0, rate, 0.3, 0.1)
+        assert rel_err(layer.matrix.to_dense(layer.values.detach()), ref) < 1e-10
+        outs.append(layer.values.detach())
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_recorded_plasticity_needs_its_backward():
+    m = BlockSparseMatrix.from_dense(torch.ones(16, 16, dtype=torch.bool), 16)
+    values = m.values.clone().requires_grad_()
+    record = bs.functional.ActivityRecord(m, values.device)
+    bs.bsr_linear(torch.randn(3, 16), m, values=values, record=record)
+    with pytest.raises(RuntimeError, match="backward"):
+        bs.functional.apply_recorded_plasticity(m, record, eta=0.1, values=values)
+    with pytest.raises(ValueError, match="grad enabled"), torch.no_grad():
+        bs.bsr_linear(torch.randn(3, 16), m, values=values, record=record)
+    with pytest.raises(TypeError, match="ActivityRecord"):
+        bs.bsr_linear(torch.randn(3, 16), m, values=values, record=object())

@@ -117,13 +117,12 @@ def matmul_configs(kernel: str, block_size: int, dtype: torch.dtype) -> list[tri
     Pruned by ``scripts/aot_compile.py`` (sm_80 and sm_90, every optional input on): BM = 32
     spills a few bytes on sm_80 in fwd/dx, b = 64 needs 8 warps (the fp32 W tile plus in-kernel
     Philox state spill with 4), fp32 at b = 64 spills at BM = 128 on sm_80, and the SDD kernel's
-    three streamed tiles spill at b = 64 beyond BM = 64 (BM = 32 in fp32).
+    three streamed tiles spill at b = 64 beyond BM = 64, and in fp32 beyond BM = 32 (16-52 bytes at
+    b = 32 with 4 warps once the Hebbian tile adds the bias of ``post``, AOT sweep 2026-11-23).
     """
     fp32 = dtype == torch.float32
-    if kernel == "sdd":
-        bms = [32] if (fp32 and block_size >= 64) else [64, 32]
-    else:
-        bms = [64] if (fp32 and block_size >= 64) else [64, 128]
+    sdd_bms = [32] if fp32 else [64, 32]
+    bms = sdd_bms if kernel == "sdd" else ([64] if (fp32 and block_size >= 64) else [64, 128])
     warps = (4, 8) if block_size <= 32 else (8,)
     stages = (3, 4)
     default_warps = 8 if block_size >= 64 else 4
@@ -149,14 +148,11 @@ def noisy_weight(b_w, i_blk, o_r, o_c, seed, sigma, BS: tl.constexpr, MULTIPLICA
 _tuned: dict[tuple, object] = {}
 
 
-def launch(
-    kernel, name: str, grid, block_size: int, dtype: torch.dtype, key: list[str], reset=None, restore=None, **kwargs
-) -> None:
+def launch(kernel, name: str, grid, block_size: int, dtype: torch.dtype, key: list[str], reset=None, **kwargs) -> None:
     """Launch ``kernel`` on ``grid(meta)``: a tiny fixed config under the interpreter, the
     default config when autotuning is off, else the autotuned kernel for (name, b, dtype).
 
-    ``reset`` names outputs that are accumulated atomically (zeroed before each tuning run),
-    ``restore`` outputs written in place (restored after each tuning run)."""
+    ``reset`` names outputs that are accumulated atomically (zeroed before each tuning run)."""
     if INTERPRET:
         cfg = interpreter_config()
         kernel[grid(cfg)](**kwargs, BM=cfg["BM"], num_warps=cfg["num_warps"])
@@ -166,10 +162,8 @@ def launch(
         c = configs[0]
         kernel[grid(c.kwargs)](**kwargs, **c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages)
         return
-    cache_key = (name, block_size, dtype, tuple(reset or ()), tuple(restore or ()))
+    cache_key = (name, block_size, dtype, tuple(reset or ()))
     tuned = _tuned.get(cache_key)
     if tuned is None:
-        tuned = _tuned[cache_key] = triton.autotune(
-            configs=configs, key=key, reset_to_zero=reset, restore_value=restore
-        )(kernel)
+        tuned = _tuned[cache_key] = triton.autotune(configs=configs, key=key, reset_to_zero=reset)(kernel)
     tuned[grid](**kwargs)

@@ -111,20 +111,24 @@ def kernel_breakdown(m: BlockSparseMatrix, batch: int, dtype: torch.dtype, sigma
     x = torch.randn(batch, n, device="cuda", dtype=dtype)
     dy = torch.randn_like(x)
     w = materialize(m.values, None, sigma, 1, True, dtype)
-    y = bsr_linear_fwd(x, w, m.crow, m.col, None, None, n)
+    fwd = dict(crow=m.crow, col=m.col, synapse_mask=None, sign=None, n_out=n)
+    noise = dict(sigma=sigma, seed=1, multiplicative=True)
+    y = bsr_linear_fwd(x=x, values=w, **fwd)
     moments = torch.zeros(2, n, device="cuda")
     corr = torch.zeros_like(m.values)
     values = m.values.clone()
-    q, f32 = moments[1], torch.float32
+    transposed = dict(ccol_t=m.ccol_t, row_t=m.row_t, perm_t=m.perm_t, synapse_mask=None, sign=None, n_in=n)
+    coo = dict(row=m.row, col=m.col, block_size=b, out_dtype=torch.float32, synapse_mask=None, sign=None)
+    rule = dict(row=m.row, synapse_mask=None, post_sq=moments[1], scale=None, eta=1e-3, oja=1.0)
     parts = {
         "materialize": lambda: materialize(m.values, None, sigma, 1, True, dtype),
-        "fwd": lambda: bsr_linear_fwd(x, w, m.crow, m.col, None, None, n),
-        "fwd_fused_noise": lambda: bsr_linear_fwd(x, m.values, m.crow, m.col, None, None, n, sigma, 1, True),
-        "fwd_stats": lambda: bsr_linear_fwd(x, w, m.crow, m.col, None, None, n, post_moments=moments),
-        "dx": lambda: bsr_linear_dx(dy, w, m.ccol_t, m.row_t, m.perm_t, None, None, n),
-        "dw": lambda: bsr_linear_dw(dy, x, m.row, m.col, b, f32, None, None, sigma, 1, True),
-        "dw_corr": lambda: bsr_linear_dw(dy, x, m.row, m.col, b, f32, None, None, sigma, 1, True, y, None, corr),
-        "plasticity": lambda: bsr_plasticity_(values, corr, m.row, None, q, None, 1e-3, 1.0),
+        "fwd": lambda: bsr_linear_fwd(x=x, values=w, **fwd),
+        "fwd_fused_noise": lambda: bsr_linear_fwd(x=x, values=m.values, **fwd, **noise),
+        "fwd_stats": lambda: bsr_linear_fwd(x=x, values=w, **fwd, post_moments=moments),
+        "dx": lambda: bsr_linear_dx(dy=dy, values=w, **transposed),
+        "dw": lambda: bsr_linear_dw(dy=dy, x=x, **coo, **noise),
+        "dw_corr": lambda: bsr_linear_dw(dy=dy, x=x, **coo, **noise, post=y, corr=corr),
+        "plasticity": lambda: bsr_plasticity_(values=values, corr=corr, **rule),
     }
     return {f"ms_{k}": do_bench(f, warmup=10, rep=50, return_mode="median") for k, f in parts.items()}
 
@@ -192,7 +196,10 @@ def forward_only(n, b, sparsity, batch, dtype_name, dense_tflops):
     x = torch.randn(batch, n, device="cuda", dtype=dtype)
     vals = m.values.to(dtype)
     ms = do_bench(
-        lambda: bsr_linear_fwd(x, vals, m.crow, m.col, None, None, n), warmup=25, rep=100, return_mode="median"
+        lambda: bsr_linear_fwd(x=x, values=vals, crow=m.crow, col=m.col, synapse_mask=None, sign=None, n_out=n),
+        warmup=25,
+        rep=100,
+        return_mode="median",
     )
     tflops = 2.0 * m.nnzb * b * b * batch / ms / 1e9
     return dict(

@@ -8,7 +8,7 @@ import torch
 
 from . import ops
 from .format import BlockSparseMatrix
-from .plasticity import NOISE_MODES, homeostatic_scale, post_moments
+from .plasticity import MULTIPLICATIVE, NOISE_MODES, post_moments, row_scale
 
 __all__ = [
     "bsr_linear",
@@ -157,7 +157,7 @@ def bsr_linear(
         n_out=n_out,
         sigma=noise_sigma,
         seed=int(noise_seed),
-        noise_mode=noise_mode,
+        multiplicative=noise_mode == MULTIPLICATIVE,
     )
     if record is not None:
         record.moments = moments
@@ -176,9 +176,7 @@ def _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
 
 
 def _apply(matrix, values, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate) -> None:
-    scale = None
-    if homeo_rate != 0.0 and post_rate is not None:
-        scale = homeostatic_scale(post_rate, target_rate, homeo_rate)
+    scale = row_scale(post_rate, target_rate, homeo_rate)
     ops.bsr_plasticity_(values, corr, matrix.row, matrix.synapse_mask, post_sq, scale, eta=float(eta), oja=float(oja))
 
 
@@ -220,7 +218,10 @@ def plasticity_update(
         raise ValueError(f"pre and post must share leading dims, got {tuple(pre.shape)} and {tuple(post.shape)}")
     _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
     with torch.no_grad():
-        corr = ops.bsr_correlation(pre, post, matrix.row, matrix.col, block_size=matrix.block_size)
+        b = matrix.block_size
+        corr = pre.new_empty(matrix.nnzb, b, b, dtype=torch.promote_types(pre.dtype, torch.float32))
+        coo = (matrix.row, matrix.col, None, None)  # the raw presynaptic activity: no mask, no sign
+        ops.bsr_linear_dw(None, pre, values, *coo, post, None, corr, sigma=0.0, seed=0, multiplicative=True)
         post_sq = post_moments(post)[1].to(corr.dtype)
         out = values if inplace else values.detach().clone()
         _apply(matrix, out, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate)

@@ -134,7 +134,8 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self.block_size = block_size
         self.noise_sigma = float(noise_sigma)
         self.noise_mode = noise_mode
-        self.record_activity = False
+        self._record_activity = False
+        self._record: F.ActivityRecord | None = None
         topo = _topology(mask, out_features, in_features, block_size)
         for name, t in topo.index_tensors().items():
             self.register_buffer(name, t.to(device))
@@ -150,7 +151,6 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self.noise_step = 0
         self.last_pre: torch.Tensor | None = None
         self.last_post: torch.Tensor | None = None
-        self._record: F.ActivityRecord | None = None
         self.reset_parameters()
 
     @property
@@ -222,13 +222,33 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
                 self._record._corr_version = None  # the newest forward is the one to learn from
         return y
 
+    @property
+    def record_activity(self) -> bool:
+        """Record what :meth:`plasticity_step` needs in each training step."""
+        return self._record_activity
+
+    @record_activity.setter
+    def record_activity(self, on: bool) -> None:
+        self._record_activity = bool(on)
+        self._record = None
+        if on:
+            self._activity_record(self.matrix)
+
     def _activity_record(self, matrix: BlockSparseMatrix) -> F.ActivityRecord:
-        """The layer's :class:`ActivityRecord` (scratch, not state: made on first use and again
-        after a move to another device)."""
-        if self._record is None or not self._record.matches(matrix, self.values.device):
-            dtype = torch.promote_types(self.values.dtype, torch.float32)
-            self._record = F.ActivityRecord(matrix, self.values.device, dtype)
-        return self._record
+        """The layer's :class:`ActivityRecord` (scratch, not state). It is made when recording is
+        switched on and after a move to another device or dtype, outside the forward pass, so
+        that a compiled forward finds it as an input."""
+        dtype = torch.promote_types(self.values.dtype, torch.float32)
+        record = self._record
+        if record is None or not record.matches(matrix, self.values.device) or record.corr.dtype != dtype:
+            self._record = record = F.ActivityRecord(matrix, self.values.device, dtype)
+        return record
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if self._record_activity:
+            self._activity_record(self.matrix)
+        return out
 
     def get_extra_state(self) -> dict:
         # The noise counters are part of the state: a layer restored from a checkpoint continues

@@ -8,14 +8,15 @@ PyTorch path otherwise); the contract is in :mod:`bionic_sparse.backends`.
 
 The first arguments are the tensors the op differentiates or updates; everything after ``*`` is
 keyword-only: the index views of :class:`bionic_sparse.BlockSparseMatrix` the op needs, the
-synapse mask, Dale's sign, the noise ``(sigma, seed, noise_mode)`` and the plasticity buffers.
+synapse mask, Dale's sign and the plasticity buffers; the keyword-only scalars are the noise
+``(sigma, seed, multiplicative)`` and output widths.
 Arguments are validated one layer up, in :mod:`bionic_sparse.functional`.
 
 Plasticity in a training step: ``bsr_linear`` given a ``corr`` buffer also returns the activity
 statistics of ``post = y + post_bias`` from its forward pass, and its backward writes the Hebbian
 correlation into ``corr`` from the same tiles as the weight gradient (one pass); after the
-optimiser step ``bsr_plasticity_`` applies the update. Without a backward pass,
-``bsr_correlation`` computes the correlation from recorded activities.
+optimiser step ``bsr_plasticity_`` applies the update. Without a backward pass, ``bsr_linear_dw``
+without ``dy`` computes the correlation from recorded activities.
 """
 
 from typing import Optional
@@ -24,9 +25,8 @@ import torch
 from torch import Tensor
 
 from .backends import for_tensor
-from .plasticity import MULTIPLICATIVE
 
-__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_correlation", "bsr_plasticity_"]
+__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_plasticity_"]
 
 
 @torch.library.custom_op("bionic_sparse::bsr_linear", mutates_args=())
@@ -47,7 +47,7 @@ def bsr_linear(
     n_out: int,
     sigma: float,
     seed: int,
-    noise_mode: str,
+    multiplicative: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(y[..., n_out], moments)``: ``y = x @ W_eff^T`` (DSD over the block rows; the bias is the
     caller's). The transposed views ``ccol_t, row_t, perm_t`` are carried for the input gradient.
@@ -62,13 +62,12 @@ def bsr_linear(
         values=values,
         crow=crow,
         col=col,
-        row=row,
         synapse_mask=synapse_mask,
         sign=sign,
         n_out=n_out,
         sigma=sigma,
         seed=seed,
-        noise_mode=noise_mode,
+        multiplicative=multiplicative,
         post_bias=post_bias,
         post_moments=moments if corr is not None else None,
     )
@@ -101,7 +100,7 @@ def bsr_linear_dx(
     n_in: int,
     sigma: float,
     seed: int,
-    noise_mode: str,
+    multiplicative: bool,
 ) -> Tensor:
     """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward)."""
     return for_tensor(dy).bsr_linear_dx(
@@ -115,7 +114,7 @@ def bsr_linear_dx(
         n_in=n_in,
         sigma=sigma,
         seed=seed,
-        noise_mode=noise_mode,
+        multiplicative=multiplicative,
     )
 
 
@@ -126,7 +125,7 @@ def _(dy, values, *_, n_in, **__):
 
 @torch.library.custom_op("bionic_sparse::bsr_linear_dw", mutates_args=("corr",))
 def bsr_linear_dw(
-    dy: Tensor,
+    dy: Optional[Tensor],
     x: Tensor,
     values: Tensor,
     row: Tensor,
@@ -139,11 +138,13 @@ def bsr_linear_dw(
     *,
     sigma: float,
     seed: int,
-    noise_mode: str,
+    multiplicative: bool,
 ) -> Tensor:
     """``dvalues[nnzb, b, b]`` on the stored blocks (zero off the synapse mask) and, given
-    ``corr``, the Hebbian correlation ``(post + post_bias)^T x / B`` from the same tiles."""
-    return for_tensor(dy).bsr_linear_dw(
+    ``corr``, the Hebbian correlation ``(post + post_bias)^T x / B`` written into it from the same
+    tiles. Without ``dy`` (plasticity without a backward pass) only the correlation is computed
+    and the returned tensor is empty."""
+    dw = for_tensor(x).bsr_linear_dw(
         dy=dy,
         x=x,
         row=row,
@@ -154,16 +155,17 @@ def bsr_linear_dw(
         sign=sign,
         sigma=sigma,
         seed=seed,
-        noise_mode=noise_mode,
+        multiplicative=multiplicative,
         post=post,
         post_bias=post_bias,
         corr=corr,
     )
+    return values.new_empty(0) if dw is None else dw
 
 
 @bsr_linear_dw.register_fake
 def _(dy, x, values, *_, **__):
-    return torch.empty_like(values)
+    return torch.empty_like(values) if dy is not None else values.new_empty(0)
 
 
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
@@ -176,12 +178,12 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     ctx.corr = corr
     ctx.save_for_backward(x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias)
     ctx.post = y.detach() if corr is not None else None
-    ctx.noise = keyword_only_inputs  # sigma, seed, noise_mode (n_out is the output's width)
+    ctx.noise = keyword_only_inputs  # sigma, seed, multiplicative (n_out is the output's width)
 
 
 def _backward(ctx, dy, _):
     x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias = ctx.saved_tensors
-    noise = {name: ctx.noise[name] for name in ("sigma", "seed", "noise_mode")}
+    noise = {name: ctx.noise[name] for name in ("sigma", "seed", "multiplicative")}
     # NOTE: y.sum().backward() hands in a stride-0 expanded dy; every backend reads it densely.
     dy = dy.contiguous()
     dx = dvalues = None
@@ -193,36 +195,6 @@ def _backward(ctx, dy, _):
 
 
 bsr_linear.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("bionic_sparse::bsr_correlation", mutates_args=())
-def bsr_correlation(pre: Tensor, post: Tensor, row: Tensor, col: Tensor, *, block_size: int) -> Tensor:
-    """Hebbian correlation ``post^T pre / B`` on the stored blocks: ``[nnzb, b, b]`` in float32
-    (float64 for float64 activities), for plasticity without a backward pass."""
-    b = block_size
-    corr = pre.new_empty(row.numel(), b, b, dtype=torch.promote_types(pre.dtype, torch.float32))
-    for_tensor(pre).bsr_linear_dw(
-        dy=None,
-        x=pre,
-        row=row,
-        col=col,
-        block_size=b,
-        out_dtype=corr.dtype,
-        synapse_mask=None,
-        sign=None,
-        sigma=0.0,
-        seed=0,
-        noise_mode=MULTIPLICATIVE,
-        post=post,
-        post_bias=None,
-        corr=corr,
-    )
-    return corr
-
-
-@bsr_correlation.register_fake
-def _(pre, post, row, col, *, block_size):
-    return pre.new_empty(row.shape[0], block_size, block_size, dtype=torch.promote_types(pre.dtype, torch.float32))
 
 
 @torch.library.custom_op("bionic_sparse::bsr_plasticity_", mutates_args=("values",))

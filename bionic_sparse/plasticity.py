@@ -20,6 +20,7 @@ __all__ = [
     "post_moments",
     "correlation",
     "homeostatic_scale",
+    "row_scale",
     "update_rate_",
     "plasticity_rule",
     "dense_plasticity",
@@ -50,6 +51,13 @@ def homeostatic_scale(post_rate: torch.Tensor, target_rate: float, homeo_rate: f
     ``[n_out]``: above 1 for rows below the target rate, in ``(1 - homeo_rate, 1 + homeo_rate)``."""
     rate = post_rate.to(torch.promote_types(post_rate.dtype, torch.float32))
     return 1.0 + homeo_rate * (target_rate - rate) / (target_rate + rate.abs() + 1e-12)
+
+
+def row_scale(post_rate: torch.Tensor | None, target_rate: float, homeo_rate: float) -> torch.Tensor | None:
+    """:func:`homeostatic_scale`, or ``None`` when homeostasis is off (rate 0 or no rate)."""
+    if homeo_rate == 0.0 or post_rate is None:
+        return None
+    return homeostatic_scale(post_rate, target_rate, homeo_rate)
 
 
 def update_rate_(post_rate: torch.Tensor, batch_rate: torch.Tensor, momentum: float) -> None:
@@ -103,7 +111,6 @@ def dense_plasticity(
     pre, post = pre.to(weight.dtype), post.to(weight.dtype)
     corr = correlation(pre, post)
     post_sq = post_moments(post)[1][:, None]
-    scale = None
-    if homeo_rate != 0.0 and post_rate is not None:
-        scale = homeostatic_scale(post_rate, target_rate, homeo_rate)[:, None]
+    scale = row_scale(post_rate, target_rate, homeo_rate)
+    scale = None if scale is None else scale[:, None]
     return plasticity_rule(weight, corr, post_sq, scale, eta, oja) * mask.to(weight.dtype)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -106,13 +108,13 @@ def test_opcheck_every_op(cpu_method, with_mask):
     sign = torch.randn(24, dtype=torch.float64)
     dy = torch.randn(5, 40, dtype=torch.float64)
     corr = torch.zeros_like(m.values)
-    noise = dict(sigma=0.2, seed=3, noise_mode="multiplicative")
+    noise = dict(sigma=0.2, seed=3, multiplicative=True)
     torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, None, None), dict(n_out=40, **noise))
     torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, bias, corr), dict(n_out=40, **noise))
     torch.library.opcheck(
         ops.bsr_linear,
         (x, values, *idx, None, None, None, None),
-        dict(n_out=40, sigma=0.0, seed=3, noise_mode="additive"),
+        dict(n_out=40, sigma=0.0, seed=3, multiplicative=False),
     )
     transposed = (m.ccol_t, m.row_t, m.perm_t)
     torch.library.opcheck(
@@ -122,7 +124,10 @@ def test_opcheck_every_op(cpu_method, with_mask):
     torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, None, None, None), noise)
     torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, dy, bias, corr), noise)
     post = torch.randn(5, 40, dtype=torch.float64)
-    torch.library.opcheck(ops.bsr_correlation, (x.detach(), post, m.row, m.col), dict(block_size=8))
+    plain = dict(sigma=0.0, seed=0, multiplicative=True)  # correlation only, no gradient
+    torch.library.opcheck(
+        ops.bsr_linear_dw, (None, x.detach(), values.detach(), m.row, m.col, None, None, post, None, corr), plain
+    )
     rate = torch.rand(40, dtype=torch.float64)
     torch.library.opcheck(
         ops.bsr_plasticity_,
@@ -134,7 +139,7 @@ def test_opcheck_every_op(cpu_method, with_mask):
 class _Net(torch.nn.Module):
     def __init__(self, mask):
         super().__init__()
-        self.sparse = bs.SparseConnectomeLinear(48, 40, mask=mask, block_size=16, noise_sigma=0.1)
+        self.sparse = bs.SparseConnectomeLinear(48, 40, mask=mask, block_size=16, noise_sigma=0.1, sign=torch.ones(48))
         self.norm = torch.nn.LayerNorm(40)
         self.out = torch.nn.Linear(40, 3)
 
@@ -229,3 +234,22 @@ def test_gpu_block_size_check():
 def test_empty_batch():
     m, _ = build(40, 24, 8, 0.6, 1.0, torch.float32)
     assert bs.bsr_linear(torch.randn(0, 24), m).shape == (0, 40)
+
+
+def test_torch_compile_training_step_with_plasticity():
+    """A compiled training step that records for the fused plasticity update gives the same
+    weights and rates as the eager one (the record is made outside the forward pass)."""
+    torch.manual_seed(0)
+    net = _Net(make_mask(40, 48, 16, 0.6)).train()
+    net.sparse.record_activity = True
+    eager = copy.deepcopy(net)
+    x = torch.randn(6, 48)
+    for model, run in ((eager, eager), (net, torch.compile(net, backend="aot_eager"))):
+        for _ in range(2):
+            run(x).sum().backward()
+            with torch.no_grad():
+                model.sparse.values -= 0.01 * model.sparse.values.grad
+            model.sparse.values.grad = None
+            model.sparse.plasticity_step(eta=0.1, homeo_rate=0.1)
+    assert rel_err(net.sparse.values, eager.sparse.values) < 1e-6
+    assert rel_err(net.sparse.post_rate, eager.sparse.post_rate) < 1e-6

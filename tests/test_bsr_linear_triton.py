@@ -65,20 +65,32 @@ def test_kernels_match_oracle(n_out, n_in, b, density, fill, batch, sigma, mult,
     w_ref = dense_oracle_weight(m, m.values, sign, sigma, 77, mode)
 
     moments = nan_like(torch.empty(2, n_out))
-    y = bsr_linear_fwd(x, m.values, m.crow, m.col, m.synapse_mask, sign, n_out, sigma, 77, mult, bias, moments)
+    noise = dict(sigma=sigma, seed=77, multiplicative=mult)
+    y = bsr_linear_fwd(
+        x=x,
+        values=m.values,
+        crow=m.crow,
+        col=m.col,
+        synapse_mask=m.synapse_mask,
+        sign=sign,
+        n_out=n_out,
+        post_bias=bias,
+        post_moments=moments,
+        **noise,
+    )
     y_ref = x.double() @ w_ref.T
     assert y.dtype == dtype
     assert rel_err(y, y_ref) < TOL[dtype]
     assert rel_err(moments, post_moments(y_ref + bias.double())) < TOL[dtype]
 
-    dx = bsr_linear_dx(dy, m.values, m.ccol_t, m.row_t, m.perm_t, m.synapse_mask, sign, n_in, sigma, 77, mult)
+    transposed = dict(ccol_t=m.ccol_t, row_t=m.row_t, perm_t=m.perm_t)
+    dx = bsr_linear_dx(dy=dy, values=m.values, **transposed, synapse_mask=m.synapse_mask, sign=sign, n_in=n_in, **noise)
     assert rel_err(dx, dy.double() @ w_ref) < TOL[dtype]
 
     # the fused weight-gradient pass: dW and the correlation of post = y + bias from the same tiles
     corr = nan_like(m.values)
-    dw = bsr_linear_dw(
-        dy, x, m.row, m.col, b, torch.float32, m.synapse_mask, sign, sigma, 77, mult, post=y, post_bias=bias, corr=corr
-    )
+    coo = dict(row=m.row, col=m.col, block_size=b, out_dtype=torch.float32, synapse_mask=m.synapse_mask)
+    dw = bsr_linear_dw(dy=dy, x=x, **coo, sign=sign, **noise, post=y, post_bias=bias, corr=corr)
     factor = 1 + sigma * synapse_noise(77, m.nnzb, b).double() if sigma and mult else 1.0
     dw_ref = m.gather_blocks(dy.double().T @ (x.double() * sign.double())) * factor
     assert rel_err(dw, dw_ref) < TOL[dtype]
@@ -92,7 +104,10 @@ def test_kernels_match_oracle(n_out, n_in, b, density, fill, batch, sigma, mult,
     values = m.values.abs().contiguous()
     w0 = m.to_dense(values).double()
     q = post_moments(post_ref)[1].float()
-    bsr_plasticity_(values, corr, m.row, m.synapse_mask, q, homeostatic_scale(rate, 0.3, 0.1), 0.2, 1.0)
+    scale = homeostatic_scale(rate, 0.3, 0.1)
+    bsr_plasticity_(
+        values=values, corr=corr, row=m.row, synapse_mask=m.synapse_mask, post_sq=q, scale=scale, eta=0.2, oja=1.0
+    )
     ref = dense_plasticity(w0, m.to_dense_mask(), x.double(), post_ref, 0.2, 1.0, rate.double(), 0.3, 0.1)
     assert rel_err(m.to_dense(values), ref) < TOL[dtype]
     assert not (values * ~m.element_mask()).any(), "plasticity created synapses off the mask"
@@ -103,10 +118,12 @@ def test_stride0_grad_output_and_materialize():
     dy = torch.ones(1, 40).expand(6, 40)  # what y.sum().backward() hands in
     assert dy.stride(0) == 0
     w_ref = dense_oracle_weight(m, m.values, None, 0.3, 5, "additive")
-    dx = bsr_linear_dx(dy, m.values, m.ccol_t, m.row_t, m.perm_t, m.synapse_mask, None, 45, 0.3, 5, False)
+    transposed = dict(ccol_t=m.ccol_t, row_t=m.row_t, perm_t=m.perm_t, synapse_mask=m.synapse_mask, sign=None)
+    dx = bsr_linear_dx(dy=dy, values=m.values, **transposed, n_in=45, sigma=0.3, seed=5, multiplicative=False)
     assert rel_err(dx, dy.double() @ w_ref) < 2e-5
     x = torch.randn(6, 45)
-    dw = bsr_linear_dw(dy, x, m.row, m.col, 16, torch.float32, m.synapse_mask, None)
+    coo = dict(row=m.row, col=m.col, block_size=16, out_dtype=torch.float32, synapse_mask=m.synapse_mask, sign=None)
+    dw = bsr_linear_dw(dy=dy, x=x, **coo)
     assert rel_err(dw, m.gather_blocks(dy.double().T @ x.double()) * m.element_mask()) < 2e-5
     w_eff = materialize(m.values, m.synapse_mask, 0.3, 5, False, torch.float32)
     assert rel_err(w_eff, (m.values + 0.3 * synapse_noise(5, m.nnzb, 16)) * m.synapse_mask) < 1e-6
@@ -155,16 +172,19 @@ def test_custom_op_routes_to_triton(monkeypatch):
 
 def test_launcher_errors():
     m = build(40, 45, 16, 0.6, 0.5)
+    x = torch.randn(2, 45)
+    fwd = dict(values=m.values, crow=m.crow, col=m.col, synapse_mask=None, sign=None, n_out=40)
     with pytest.raises(ValueError, match="power of two >= 16"):
-        bsr_linear_fwd(torch.randn(2, 45), torch.zeros(3, 8, 8), m.crow, m.col, None, None, 40)
+        bsr_linear_fwd(x=x, **dict(fwd, values=torch.zeros(3, 8, 8)))
     with pytest.raises(ValueError, match="crow must be int32"):
-        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow.long(), m.col, None, None, 40)
+        bsr_linear_fwd(x=x, **dict(fwd, crow=m.crow.long()))
     with pytest.raises(ValueError, match="x must be fp32/fp16/bf16"):
-        bsr_linear_fwd(torch.randn(2, 45).double(), m.values, m.crow, m.col, None, None, 40)
+        bsr_linear_fwd(x=x.double(), **fwd)
     with pytest.raises(ValueError, match="post_moments must be"):
-        bsr_linear_fwd(torch.randn(2, 45), m.values, m.crow, m.col, None, None, 40, post_moments=torch.zeros(40))
+        bsr_linear_fwd(x=x, **fwd, post_moments=torch.zeros(40))
+    coo = dict(row=m.row, col=m.col, block_size=16, out_dtype=torch.float32, synapse_mask=None, sign=None)
     with pytest.raises(ValueError, match="corr needs post"):
-        bsr_linear_dw(None, torch.randn(2, 45), m.row, m.col, 16, torch.float32, None, None, corr=m.values.clone())
+        bsr_linear_dw(dy=None, x=x, **coo, corr=m.values.clone())
 
 
 def test_batch_split_matches_single_pass():
@@ -173,9 +193,9 @@ def test_batch_split_matches_single_pass():
     outs = []
     for split in (1, 3):
         corr = nan_like(m.values)
-        dw = bsr_linear_dw(
-            dy, x, m.row, m.col, 16, torch.float32, m.synapse_mask, None, 0.2, 3, True, post, bias, corr, split=split
-        )
+        coo = dict(row=m.row, col=m.col, block_size=16, out_dtype=torch.float32, synapse_mask=m.synapse_mask, sign=None)
+        noise = dict(sigma=0.2, seed=3, multiplicative=True)
+        dw = bsr_linear_dw(dy=dy, x=x, **coo, **noise, post=post, post_bias=bias, corr=corr, split=split)
         outs.append((dw, corr))
     assert rel_err(outs[1][0], outs[0][0]) < 2e-6 and rel_err(outs[1][1], outs[0][1]) < 2e-6
 

@@ -92,7 +92,8 @@ def test_split_batch_weight_gradient_and_correlation():
     m.values = torch.randn_like(m.values)
     x, dy, post = (torch.randn(8192, 256, device="cuda") for _ in range(3))
     corr = torch.full_like(m.values, float("nan"))
-    dw = bsr_linear_dw(dy, x, m.row, m.col, 64, torch.float32, None, None, post=post, corr=corr)
+    coo = dict(row=m.row, col=m.col, block_size=64, out_dtype=torch.float32, synapse_mask=None, sign=None)
+    dw = bsr_linear_dw(dy=dy, x=x, **coo, post=post, corr=corr)
     assert rel_err(dw, m.gather_blocks(dy.double().T @ x.double())) < 1e-5
     assert rel_err(corr, m.gather_blocks(post.double().T @ x.double() / 8192)) < 1e-5
 

@@ -178,3 +178,14 @@ def test_wrong_input_width():
     layer = SparseConnectomeLinear(56, 40, block_size=8)
     with pytest.raises(ValueError, match=r"x.shape\[-1\] must be 56"):
         layer(torch.randn(2, 55))
+
+
+def test_activity_record_follows_device_and_dtype():
+    layer = SparseConnectomeLinear(32, 16, block_size=16)
+    assert layer._record is None
+    layer.record_activity = True
+    assert layer._record.corr.shape == (layer.nnzb, 16, 16) and layer._record.corr.dtype == torch.float32
+    layer.double()
+    assert layer._record.corr.dtype == torch.float64
+    layer.record_activity = False
+    assert layer._record is None

@@ -106,3 +106,18 @@ def test_demo_ends_with_the_fer_command(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     last = proc.stdout.strip().splitlines()[-1]
     assert "-m bionic_sparse.training --sparse --data PATH" in last
+
+
+def test_every_package_folder_is_declared():
+    """The wheel lists its packages explicitly (for the triton_kernels mapping): every folder of
+    the library with an __init__.py must be in that list, or a pip install would lack it."""
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        declared = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = {
+        os.path.relpath(os.path.dirname(p), ROOT).replace(os.sep, ".")
+        for p in glob.glob(os.path.join(ROOT, "bionic_sparse", "**", "__init__.py"), recursive=True)
+    }
+    assert found <= declared, f"not declared in pyproject.toml: {sorted(found - declared)}"
+    assert "bionic_sparse.triton_kernels" in declared

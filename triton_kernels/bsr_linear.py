@@ -244,6 +244,7 @@ def materialize(
 
 
 def bsr_linear_fwd(
+    *,
     x: torch.Tensor,
     values: torch.Tensor,
     crow: torch.Tensor,
@@ -318,6 +319,7 @@ def bsr_linear_fwd(
 
 
 def bsr_linear_dx(
+    *,
     dy: torch.Tensor,
     values: torch.Tensor,
     ccol_t: torch.Tensor,

@@ -187,6 +187,7 @@ def _split(nnzb: int, m: int, device: torch.device) -> int:
 
 
 def bsr_linear_dw(
+    *,
     dy: torch.Tensor | None,
     x: torch.Tensor,
     row: torch.Tensor,
@@ -293,6 +294,7 @@ def bsr_linear_dw(
 
 
 def bsr_plasticity_(
+    *,
     values: torch.Tensor,
     corr: torch.Tensor,
     row: torch.Tensor,
@@ -303,13 +305,15 @@ def bsr_plasticity_(
     oja: float,
 ) -> None:
     """Apply the plasticity update to ``values[nnzb, b, b]`` in place from the fp32 correlation
-    ``corr`` (same shape); ``post_sq`` and ``scale`` are fp32 ``[n_out]`` (``scale`` may be ``None``)."""
+    ``corr`` (same shape); ``post_sq`` and ``scale`` are ``[n_out]`` (``scale`` may be ``None``)."""
     b = check_values(values)
     nnzb = values.shape[0]
     check_index("row", row, nnzb)
     check(corr.shape == values.shape and corr.is_contiguous(), "corr must be contiguous and match values")
     n_out = post_sq.shape[0]
     check(post_sq.dim() == 1 and (scale is None or scale.shape == (n_out,)), "post_sq and scale must be [n_out]")
+    post_sq = post_sq.float()
+    scale = None if scale is None else scale.float()
     if nnzb == 0:
         return
     _bsr_plasticity_kernel[(nnzb,)](

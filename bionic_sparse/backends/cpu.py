@@ -13,8 +13,10 @@ Conventions (shared with the Triton kernels):
 
 Two methods (:func:`cpu_method`): ``blockT`` keeps activations feature-major ``[blocks, b, batch]``,
 gathers the blocks each stored block needs, runs one ``bmm`` and scatters with ``index_add_``;
-``dense`` scatters ``W_eff`` into a dense matrix. The weight-gradient pass gathers ``x`` once for
-the gradient and the Hebbian correlation (one ``bmm`` over ``[dy | post]``).
+``dense`` scatters ``W_eff`` into a dense matrix. The forward and the input gradient are the same
+block product (:func:`_block_product`) over the block-row and the transposed index; the
+weight-gradient pass gathers ``x`` once for the gradient and the Hebbian correlation (one ``bmm``
+over ``[dy | post]``).
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import threading
 
 import torch
 
+from .. import plasticity
 from ..noise import synapse_noise
-from ..plasticity import MULTIPLICATIVE, plasticity_rule, post_moments
 from . import ENV_BACKEND
 
 __all__ = [
@@ -99,15 +101,24 @@ def _noise(nnzb: int, b: int, sigma: float, seed: int, like: torch.Tensor) -> to
     return synapse_noise(seed, nnzb, b, device=like.device).to(like.dtype) * sigma
 
 
-def _effective(values: torch.Tensor, synapse_mask: torch.Tensor | None, sigma: float, seed: int, noise_mode: str):
+def _effective(
+    values: torch.Tensor, synapse_mask: torch.Tensor | None, sigma: float, seed: int, multiplicative: bool
+) -> torch.Tensor:
     """``noisy(values) * synapse_mask`` ``[nnzb, b, b]`` (the sign is applied to activations)."""
     w = values
     noise = _noise(values.shape[0], values.shape[-1], sigma, seed, values)
     if noise is not None:
-        w = w * (1.0 + noise) if noise_mode == MULTIPLICATIVE else w + noise
+        w = w * (1.0 + noise) if multiplicative else w + noise
     if synapse_mask is not None:
         w = w * synapse_mask
     return w
+
+
+def _segment_ids(ptr: torch.Tensor, n_entries: int) -> torch.Tensor:
+    """Compressed pointers ``[S + 1]`` -> the segment of each entry ``[n_entries]`` (e.g. the block
+    row of each block from ``crow``)."""
+    counts = (ptr[1:] - ptr[:-1]).long()
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=ptr.device), counts, output_size=n_entries)
 
 
 def _flatten(x: torch.Tensor) -> torch.Tensor:
@@ -148,47 +159,51 @@ def _per_row(v: torch.Tensor, row: torch.Tensor, b: int) -> torch.Tensor:
     return torch.nn.functional.pad(v, (0, R * b - v.shape[0])).view(R, b)[row.long()].unsqueeze(-1)
 
 
+def _block_product(
+    w: torch.Tensor, a2d: torch.Tensor, gather: torch.Tensor, scatter: torch.Tensor, n_in: int, n_out: int
+) -> torch.Tensor:
+    """``out[B, n_out]``: for every block ``k``, ``out[:, scatter[k]] += a[:, gather[k]] @ w[k]^T``.
+
+    ``blockT``: activations feature-major, one gather, one ``bmm``, one ``index_add_``; ``dense``:
+    the blocks scattered into a dense matrix and one matmul.
+    """
+    nnzb, b, _ = w.shape
+    R, C = _cdiv(n_out, b), _cdiv(n_in, b)
+    batch = a2d.shape[0]
+    if cpu_method(b, nnzb, R, C) == "blockT":
+        a_fm = _feature_major(a2d, C, b, "a_fm")
+        gathered = torch.index_select(a_fm, 0, gather, out=_workspace("gather", (nnzb, b, batch), w.dtype, w.device))
+        prod = torch.bmm(w, gathered, out=_workspace("prod", (nnzb, b, batch), w.dtype, w.device))
+        out_fm = a2d.new_zeros(R, b, batch).index_add_(0, scatter, prod)
+        return out_fm.view(R * b, batch)[:n_out].t()
+    return _pad_cols(a2d, C * b) @ _dense_from_blocks(w, scatter, gather, R, C)[:n_out].t()
+
+
 def bsr_linear_fwd(
     *,
     x: torch.Tensor,
     values: torch.Tensor,
     crow: torch.Tensor,
     col: torch.Tensor,
-    row: torch.Tensor,
     synapse_mask: torch.Tensor | None,
     sign: torch.Tensor | None,
     n_out: int,
-    sigma: float,
-    seed: int,
-    noise_mode: str,
-    post_bias: torch.Tensor | None,
-    post_moments: torch.Tensor | None,
+    sigma: float = 0.0,
+    seed: int = 0,
+    multiplicative: bool = True,
+    post_bias: torch.Tensor | None = None,
+    post_moments: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``y[..., n_out] = x @ W_eff^T`` (DSD over the COO blocks); see the contract."""
-    lead = x.shape[:-1]
+    """``y[..., n_out] = x @ W_eff^T`` (DSD over the block rows); see the contract."""
     x2d = _flatten(x)
     if sign is not None:
         x2d = x2d * sign.to(x2d.dtype)
-    w = _effective(values, synapse_mask, sigma, seed, noise_mode).to(x2d.dtype)
-    nnzb, b, _ = w.shape
-    R, C = _cdiv(n_out, b), _cdiv(x.shape[-1], b)
-    batch = x2d.shape[0]
-    if cpu_method(b, nnzb, R, C) == "blockT":
-        x_fm = _feature_major(x2d, C, b, "x_fm")
-        gathered = torch.index_select(x_fm, 0, col, out=_workspace("gather", (nnzb, b, batch), w.dtype, w.device))
-        prod = torch.bmm(w, gathered, out=_workspace("prod", (nnzb, b, batch), w.dtype, w.device))
-        y_fm = x2d.new_zeros(R, b, batch).index_add_(0, row, prod)
-        y = y_fm.view(R * b, batch)[:n_out].t()
-    else:
-        y = _pad_cols(x2d, C * b) @ _dense_from_blocks(w, row, col, R, C)[:n_out].t()
-    y = y.contiguous()
+    w = _effective(values, synapse_mask, sigma, seed, multiplicative).to(x2d.dtype)
+    row = _segment_ids(crow, w.shape[0])
+    y = _block_product(w, x2d, col, row, x.shape[-1], n_out).contiguous()
     if post_moments is not None:
-        post_moments.copy_(_post_stats(y, post_bias))
-    return y.view(*lead, n_out)
-
-
-def _post_stats(y2d: torch.Tensor, post_bias: torch.Tensor | None) -> torch.Tensor:
-    return post_moments(y2d if post_bias is None else y2d + post_bias.to(y2d.dtype))
+        post_moments.copy_(plasticity.post_moments(y if post_bias is None else y + post_bias.to(y.dtype)))
+    return y.view(*x.shape[:-1], n_out)
 
 
 def bsr_linear_dx(
@@ -201,33 +216,20 @@ def bsr_linear_dx(
     synapse_mask: torch.Tensor | None,
     sign: torch.Tensor | None,
     n_in: int,
-    sigma: float,
-    seed: int,
-    noise_mode: str,
+    sigma: float = 0.0,
+    seed: int = 0,
+    multiplicative: bool = True,
 ) -> torch.Tensor:
-    """``dx[..., n_in] = (dy @ W_eff) * sign`` over the transposed index (block-column order)."""
-    lead = dy.shape[:-1]
+    """``dx[..., n_in] = (dy @ W_eff) * sign`` over the transposed index (block-column order):
+    entry ``j`` of the transposed view is block ``perm_t[j]``, transposed, at ``(col, row_t[j])``."""
     dy2d = _flatten(dy)
-    # the transposed view of the same blocks: entry j is block perm_t[j] at (row_t[j], col_t[j])
-    w_t = _effective(values, synapse_mask, sigma, seed, noise_mode).to(dy2d.dtype).index_select(0, perm_t)
-    nnzb, b, _ = w_t.shape
-    R, C = _cdiv(dy.shape[-1], b), _cdiv(n_in, b)
-    counts = (ccol_t[1:] - ccol_t[:-1]).long()
-    col_t = torch.repeat_interleave(torch.arange(C, device=dy.device), counts, output_size=nnzb)
-    batch = dy2d.shape[0]
-    if cpu_method(b, nnzb, R, C) == "blockT":
-        dy_fm = _feature_major(dy2d, R, b, "dy_fm")
-        gathered = torch.index_select(
-            dy_fm, 0, row_t, out=_workspace("gather", (nnzb, b, batch), w_t.dtype, w_t.device)
-        )
-        prod = torch.bmm(w_t.transpose(1, 2), gathered, out=_workspace("prod", (nnzb, b, batch), w_t.dtype, w_t.device))
-        dx_fm = dy2d.new_zeros(C, b, batch).index_add_(0, col_t, prod)
-        dx = dx_fm.view(C * b, batch)[:n_in].t()
-    else:
-        dx = (_pad_cols(dy2d, R * b) @ _dense_from_blocks(w_t, row_t, col_t, R, C))[:, :n_in]
+    w = _effective(values, synapse_mask, sigma, seed, multiplicative).to(dy2d.dtype)
+    w_t = w.index_select(0, perm_t).transpose(1, 2)
+    col_t = _segment_ids(ccol_t, w_t.shape[0])
+    dx = _block_product(w_t, dy2d, row_t, col_t, dy.shape[-1], n_in)
     if sign is not None:
         dx = dx * sign.to(dx.dtype)
-    return dx.contiguous().view(*lead, n_in)
+    return dx.contiguous().view(*dy.shape[:-1], n_in)
 
 
 def bsr_linear_dw(
@@ -240,12 +242,12 @@ def bsr_linear_dw(
     out_dtype: torch.dtype,
     synapse_mask: torch.Tensor | None,
     sign: torch.Tensor | None,
-    sigma: float,
-    seed: int,
-    noise_mode: str,
-    post: torch.Tensor | None,
-    post_bias: torch.Tensor | None,
-    corr: torch.Tensor | None,
+    sigma: float = 0.0,
+    seed: int = 0,
+    multiplicative: bool = True,
+    post: torch.Tensor | None = None,
+    post_bias: torch.Tensor | None = None,
+    corr: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Weight gradient and Hebbian correlation from one gather of ``x`` (SDD); see the contract."""
     b, nnzb = block_size, row.numel()
@@ -284,7 +286,7 @@ def bsr_linear_dw(
         dw = dw * _per_col(sign.to(dw.dtype), col, b)
     dw = dw.to(out_dtype)
     noise = _noise(nnzb, b, sigma, seed, dw)
-    if noise is not None and noise_mode == MULTIPLICATIVE:
+    if noise is not None and multiplicative:
         dw = dw * (1.0 + noise)
     if synapse_mask is not None:
         dw = dw * synapse_mask
@@ -310,7 +312,7 @@ def bsr_plasticity_(
 ) -> None:
     """``values <- plasticity_rule(values, corr, ...) * synapse_mask`` on the stored blocks."""
     b = values.shape[-1]
-    new = plasticity_rule(
+    new = plasticity.plasticity_rule(
         values,
         corr,
         _per_row(post_sq, row, b),

@@ -83,10 +83,14 @@ def plasticity_rule(
     Returns a new tensor in ``weight.dtype``; masking is the caller's.
     """
     w = weight.to(torch.promote_types(weight.dtype, corr.dtype))
-    new = w + eta * (corr - oja * post_sq.to(w.dtype) * w)
+    # NOTE: written with out-of-place ops fused by hand (addcmul, in-place scale and fill): the CPU
+    # update is memory-bound, and each temporary [nnzb, b, b] costs about a millisecond at 1.7M synapses
+    delta = torch.addcmul(corr.to(w.dtype), post_sq.to(w.dtype), w, value=-oja)  # C - oja q W
+    new = torch.add(w, delta, alpha=eta)
     if scale is not None:
-        new = new * scale.to(new.dtype)
-    return torch.where(new * w < 0, torch.zeros_like(new), new).to(weight.dtype)
+        new.mul_(scale.to(new.dtype))
+    new.masked_fill_(new * w < 0, 0.0)  # a weight stops at zero instead of changing sign
+    return new.to(weight.dtype)
 
 
 def dense_plasticity(

@@ -105,13 +105,11 @@ def _effective(
     values: torch.Tensor, synapse_mask: torch.Tensor | None, sigma: float, seed: int, multiplicative: bool
 ) -> torch.Tensor:
     """``noisy(values) * synapse_mask`` ``[nnzb, b, b]`` (the sign is applied to activations)."""
-    w = values
     noise = _noise(values.shape[0], values.shape[-1], sigma, seed, values)
-    if noise is not None:
-        w = w * (1.0 + noise) if multiplicative else w + noise
-    if synapse_mask is not None:
-        w = w * synapse_mask
-    return w
+    if noise is None:
+        return values if synapse_mask is None else values * synapse_mask
+    w = torch.addcmul(values, values, noise) if multiplicative else values + noise  # W (1 + sigma xi) or W + sigma xi
+    return w if synapse_mask is None else w.mul_(synapse_mask)
 
 
 def _segment_ids(ptr: torch.Tensor, n_entries: int) -> torch.Tensor:
@@ -278,18 +276,17 @@ def bsr_linear_dw(
         xp = _pad_cols(x2d, C * b)
         parts = {name: _blocks_from_dense(_pad_cols(a2d, R * b).t() @ xp, row, col, b) for name, a2d in outs}
     if corr is not None:
-        corr.copy_(parts["corr"] / max(batch, 1))
+        torch.div(parts["corr"], max(batch, 1), out=corr)
     if dy is None:
         return None
-    dw = parts["grad"]
+    dw = parts["grad"].contiguous().to(out_dtype)  # a fresh tensor (never a workspace): scaled in place
     if sign is not None:
-        dw = dw * _per_col(sign.to(dw.dtype), col, b)
-    dw = dw.to(out_dtype)
+        dw.mul_(_per_col(sign.to(dw.dtype), col, b))
     noise = _noise(nnzb, b, sigma, seed, dw)
     if noise is not None and multiplicative:
-        dw = dw * (1.0 + noise)
+        dw.addcmul_(dw, noise)  # dW * (1 + sigma xi)
     if synapse_mask is not None:
-        dw = dw * synapse_mask
+        dw.mul_(synapse_mask)
     return dw
 
 

@@ -232,7 +232,16 @@ def test_real_sigint_exits_130_without_a_traceback(tiny_csv, tmp_path):
     out = tmp_path / "sig"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = _module_cmd("--sparse", "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--epochs", "200")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # NOTE: a job started in the background by a non-interactive shell inherits SIGINT as ignored
+    # (and Python then keeps it ignored); the child gets the default, as in a terminal.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.time() + 300
     while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)

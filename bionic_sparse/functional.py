@@ -81,6 +81,10 @@ class ActivityRecord:
         """Called by the forward pass: the next plasticity step needs a backward pass first."""
         self._corr_version = self.corr._version
 
+    def clear(self) -> None:
+        """Forget the recorded step (the next plasticity step must not use it)."""
+        self._corr_version = None
+
     @property
     def pending(self) -> bool:
         """True between a recording forward pass and the plasticity step that uses it."""
@@ -253,4 +257,4 @@ def apply_recorded_plasticity(
     _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
     with torch.no_grad():
         _apply(matrix, values, record.corr, record.moments[1], post_rate, eta, oja, target_rate, homeo_rate)
-    record._corr_version = None
+    record.clear()

@@ -219,7 +219,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             # kept for a plasticity step without backward (no copies: autograd holds them anyway)
             self.last_pre, self.last_post = x.detach(), y.detach()
             if not fused and self._record is not None:
-                self._record._corr_version = None  # the newest forward is the one to learn from
+                self._record.clear()  # the newest forward is the one to learn from
         return y
 
     @property
@@ -271,7 +271,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             F.apply_recorded_plasticity(self.matrix, record, values=self.values, **rule)
             return
         if record is not None:
-            record._corr_version = None  # a forward with gradients but no backward: use the activities
+            record.clear()  # a forward with gradients but no backward: use the activities
         pre, post = self._take_activities()
         update_rate_(self.post_rate, post_moments(post)[0], rate_momentum)
         F.plasticity_update(self.matrix, pre, post, values=self.values, inplace=True, **rule)

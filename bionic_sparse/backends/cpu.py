@@ -218,13 +218,17 @@ def bsr_linear_dx(
     seed: int = 0,
     multiplicative: bool = True,
 ) -> torch.Tensor:
-    """``dx[..., n_in] = (dy @ W_eff) * sign`` over the transposed index (block-column order):
-    entry ``j`` of the transposed view is block ``perm_t[j]``, transposed, at ``(col, row_t[j])``."""
+    """``dx[..., n_in] = (dy @ W_eff) * sign`` from the transposed index: entry ``j`` is block
+    ``perm_t[j]`` at block row ``row_t[j]`` of block column ``j``'s segment of ``ccol_t``."""
     dy2d = _flatten(dy)
     w = _effective(values, synapse_mask, sigma, seed, multiplicative).to(dy2d.dtype)
-    w_t = w.index_select(0, perm_t).transpose(1, 2)
-    col_t = _segment_ids(ccol_t, w_t.shape[0])
-    dx = _block_product(w_t, dy2d, row_t, col_t, dy.shape[-1], n_in)
+    # NOTE: the blocks stay in their stored order: scattering the (nnzb) block coordinates back
+    # through perm_t is free, gathering the (nnzb * b * b) weights into transposed order is not
+    nnzb = w.shape[0]
+    row, col = torch.empty_like(perm_t), torch.empty_like(perm_t)
+    row[perm_t.long()] = row_t
+    col[perm_t.long()] = _segment_ids(ccol_t, nnzb).to(col.dtype)
+    dx = _block_product(w.transpose(1, 2), dy2d, row, col, dy.shape[-1], n_in)
     if sign is not None:
         dx = dx * sign.to(dx.dtype)
     return dx.contiguous().view(*dy.shape[:-1], n_in)

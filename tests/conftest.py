@@ -11,6 +11,8 @@ import torch
 # on a machine without CUDA every Triton kernel in the tests runs under it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# CLI subprocesses inherit a wait policy, so they do not restart themselves to set one
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bionic_sparse import BlockSparseMatrix  # noqa: E402
 from bionic_sparse.noise import synapse_noise  # noqa: E402
@@ -76,7 +78,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return float((got - ref).abs().max() / scale)
 
 
-@pytest.fixture(params=["blockT", "dense"])
+@pytest.fixture(params=["blockT", "dense", "csr"])
 def cpu_method(request, monkeypatch):
     """Run the test under each CPU method of the PyTorch path."""
     monkeypatch.setenv("BIONIC_SPARSE_BACKEND", request.param)

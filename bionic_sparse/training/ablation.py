@@ -5,7 +5,9 @@
 * Isolated: every run is a separate ``python -m bionic_sparse.training`` process, so a crash (or
   OOM) of one run is recorded as ``failed`` with its log and the others go on.
 * Parallel: ``jobs`` runs at a time; with CUDA GPUs the runs are spread over them
-  (``CUDA_VISIBLE_DEVICES``), otherwise they share the CPU (threads split between jobs).
+  (``CUDA_VISIBLE_DEVICES``), otherwise they share the CPU: each run gets ``cores // jobs``
+  threads and ``OMP_WAIT_POLICY=PASSIVE`` (:func:`bionic_sparse.runtime.child_env`; the user's
+  ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` win).
 * Report: ``ablations.csv`` (one row per run), ``ablations.md`` (mean ± std per variant and the
   difference to the full model with a paired t-test over the seeds both have), ``ablations.png``.
 
@@ -27,6 +29,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..runtime import child_env
 from .config import load_config_file
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -113,12 +116,12 @@ def run_ablations(
         if sp.done
     }
     n_gpus = _gpu_count()
-    threads = max(1, (os.cpu_count() or 1) // jobs)
 
     def work(i_spec):
         i, spec = i_spec
-        # run.log is a file, not a terminal: one progress line every 30 s instead of every step
-        env = {"TQDM_MININTERVAL": "30", **os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        # run.log is a file, not a terminal: one progress line every 30 s instead of every step;
+        # cores / jobs threads per run and passive OpenMP waiting, unless the user set them
+        env = {"TQDM_MININTERVAL": "30", **child_env(jobs), "PYTHONUNBUFFERED": "1"}
         # the child imports the bionic_sparse this process runs (a checkout or an install)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p)
         if n_gpus:

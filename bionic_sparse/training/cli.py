@@ -19,6 +19,9 @@ import os
 import shlex
 import sys
 
+import torch
+
+from ..runtime import reexec_with_passive_wait
 from .config import TrainConfig, load_config_file
 from .trainer import Run
 
@@ -54,6 +57,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--select-on", choices=["public_test", "holdout"], help="split for model selection")
     ap.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
     ap.add_argument("--tensorboard", action="store_true", default=None)
+    ap.add_argument(
+        "--threads", type=int, help="CPU threads of this run (default: $OMP_NUM_THREADS, else every core)"
+    )
     return ap
 
 
@@ -114,11 +120,19 @@ def _interrupted(run: Run, argv: list[str], prog: str) -> None:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    if argv is None:  # run as a program: never spin-wait against another process (see runtime)
+        reexec_with_passive_wait()
     argv = sys.argv[1:] if argv is None else list(argv)
     prog = prog or _prog()
     try:
         try:
-            run = Run.setup(config_from_args(argv, prog))
+            cfg = config_from_args(argv, prog)
+            threads = build_parser(prog).parse_args(argv).threads
+            if threads is not None:
+                if threads < 1:
+                    raise ValueError(f"--threads must be >= 1, got {threads}")
+                torch.set_num_threads(threads)
+            run = Run.setup(cfg)
         except (FileNotFoundError, ValueError) as e:  # bad flags, config file or data: no traceback
             print(f"error: {e}", file=sys.stderr)
             return 2

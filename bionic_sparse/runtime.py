@@ -1,0 +1,134 @@
+"""The process a run lives in: CPU threads, the OpenMP wait policy, and what a result depends on.
+
+Threads. Two training processes on two cores, each with two OpenMP threads that spin while they
+wait (the GNU OpenMP default), ran a BioNIC step 12x slower than one process alone on the 2-core
+CI machine; with ``OMP_WAIT_POLICY=PASSIVE``, or one thread per process, the collapse is gone.
+OpenMP reads the policy when torch loads, so it has to be in the environment before the process
+starts: :func:`child_env` gives the environment of a job that shares the machine with ``jobs - 1``
+others (``cores / jobs`` threads, passive waiting), and :func:`reexec_with_passive_wait` restarts
+a command-line program with the passive policy when nobody chose one. A setting the user made in
+the environment (``OMP_NUM_THREADS``, ``OMP_WAIT_POLICY``) always wins.
+
+Provenance. :func:`environment` records what changes the numbers of a run besides its config and
+data: the code revision, the library versions, the CPU instruction set torch's kernels use
+(``torch.backends.cpu.get_cpu_capability()``; ``ATEN_CPU_CAPABILITY=avx2`` forces AVX2), the
+oneDNN and MKL versions and the thread count.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+import sys
+
+import torch
+
+__all__ = ["child_env", "reexec_with_passive_wait", "environment", "code_revision", "cpu_name", "ENV_REEXEC"]
+
+ENV_REEXEC = "BIONIC_SPARSE_NO_REEXEC"  # set to 1 to keep the inherited OpenMP wait policy
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_env(jobs: int, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of one of ``jobs`` processes that share this machine's CPU cores.
+
+    ``OMP_NUM_THREADS`` = ``cores // jobs`` (at least 1) and ``OMP_WAIT_POLICY=PASSIVE``, unless
+    ``base`` (default ``os.environ``) already sets them: the user's explicit choice wins.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    env = dict(os.environ if base is None else base)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def reexec_with_passive_wait() -> None:
+    """Restart this program (same interpreter, same arguments) with ``OMP_WAIT_POLICY=PASSIVE``
+    when the environment sets no wait policy, so that it never spin-waits against another process.
+
+    Call it first thing in a command-line entry point; it returns without doing anything when a
+    policy is set, when ``BIONIC_SPARSE_NO_REEXEC=1``, or when the original command line is unknown.
+    """
+    if "OMP_WAIT_POLICY" in os.environ or os.environ.get(ENV_REEXEC) == "1":
+        return
+    argv = getattr(sys, "orig_argv", None)
+    if not argv or not sys.executable:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, *argv[1:]])
+
+
+def code_revision() -> str:
+    """``git:<commit>`` (``+dirty`` with uncommitted changes) of the checkout this package was
+    imported from, else ``bionic-sparse <version>`` (an installed wheel has no git history)."""
+    from . import __version__
+
+    try:
+        top = subprocess.run(
+            ["git", "-C", _PACKAGE_ROOT, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=10
+        )
+        if top.returncode == 0 and os.path.realpath(top.stdout.strip()) == os.path.realpath(_PACKAGE_ROOT):
+            sha = subprocess.run(["git", "-C", _PACKAGE_ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
+            dirty = subprocess.run(
+                ["git", "-C", _PACKAGE_ROOT, "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+            )
+            if sha.returncode == 0:
+                return f"git:{sha.stdout.strip()}" + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return f"bionic-sparse {__version__}"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+
+
+def _library_versions() -> dict[str, str | None]:
+    config = torch.__config__.show()
+    mkl = re.search(r"Math Kernel Library Version ([^\s]+)", config)
+    onednn = re.search(r"(?:MKL-DNN|oneDNN) (v[\d.]+)", config)
+    return {"mkl": mkl.group(1) if mkl else None, "onednn": onednn.group(1) if onednn else None}
+
+
+def environment() -> dict:
+    """What a result depends on besides its config and data (written into every ``results.json``)."""
+    from . import __version__
+    from .noise import generator_impl
+
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    import numpy
+
+    return {
+        "code_revision": code_revision(),
+        "bionic_sparse": __version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "python": platform.python_version(),
+        "triton": triton_version,
+        **_library_versions(),
+        "cpu": cpu_name(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "noise_generator": generator_impl(),
+        "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

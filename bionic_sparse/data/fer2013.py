@@ -175,6 +175,39 @@ class FER2013:
                 )
         return warnings
 
+    def _keys(self, split: str) -> list[bytes]:
+        """Each image of ``split`` as bytes: exact-duplicate keys."""
+        x = self.images[split]
+        return [bytes(im) for im in x.reshape(x.shape[0], -1).numpy()]
+
+    def in_train(self, split: str) -> torch.Tensor:
+        """Bool ``[N]``: which images of ``split`` are exact pixel copies of a ``train`` image.
+
+        FER-2013 has such copies across its splits (in the 2013 data, 288 PrivateTest and 280
+        PublicTest images equal a Training image, almost all with the same label), so a model can
+        score on them by memorising; :meth:`duplicates` counts them.
+        """
+        seen = set(self._keys("train"))
+        return torch.tensor([k in seen for k in self._keys(split)], dtype=torch.bool)
+
+    def duplicates(self) -> dict[str, dict[str, int]]:
+        """Exact pixel duplicates across splits: per test split, the images equal to a training
+        image (``in_train``) and how many of those carry the label of a training copy
+        (``same_label``); ``public_and_private``: images present in both test splits."""
+        train: dict[bytes, set[int]] = {}
+        for key, y in zip(self._keys("train"), self.labels["train"].tolist(), strict=True):
+            train.setdefault(key, set()).add(y)
+        out: dict[str, dict[str, int]] = {}
+        for split in ("public_test", "private_test", "holdout"):
+            if split in self.images:
+                pairs = zip(self._keys(split), self.labels[split].tolist(), strict=True)
+                hits = [(k, y) for k, y in pairs if k in train]
+                out[split] = {"in_train": len(hits), "same_label": sum(y in train[k] for k, y in hits)}
+        if "public_test" in self.images and "private_test" in self.images:
+            public = set(self._keys("public_test"))
+            out["public_and_private"] = {"images": sum(k in public for k in self._keys("private_test"))}
+        return out
+
     def save_npz(self, path: str) -> None:
         """Cache as ``.npz`` (``x_<split>`` uint8, ``y_<split>`` int64): loads in a second."""
         np.savez(

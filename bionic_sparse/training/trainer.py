@@ -184,6 +184,14 @@ class Run:
             run._restore()
         if rank == 0:
             print(data.describe())
+            dup = data.duplicates()
+            print(
+                "  exact copies of training images: "
+                + ", ".join(
+                    f"{s} {d['in_train']} ({d['same_label']} with its label)" for s, d in dup.items() if "in_train" in d
+                )
+                + " (results.json also scores PrivateTest without them: private_test_unique)"
+            )
             for w in run.data_warnings:
                 print(f"warning: {w}")
             run._write_config()
@@ -352,10 +360,15 @@ class Run:
             model.load_state_dict(torch.load(self.best_path, map_location=device, weights_only=False)["model"])
         splits = [*self.eval_splits, "private_test"]
         results = {s: evaluate(model, data.images[s], data.labels[s], device) for s in splits}
+        # PrivateTest without its exact copies of training images: what memorisation cannot reach
+        unique = ~data.in_train("private_test")
+        x_unique, y_unique = data.images["private_test"][unique], data.labels["private_test"][unique]
+        results["private_test_unique"] = evaluate(model, x_unique, y_unique, device)
         if self.cfg.tta:  # ten-crop columns beside the plain ones, from the same checkpoint
             results.update(
                 {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True) for s in splits}
             )
+            results["private_test_unique_tta"] = evaluate(model, x_unique, y_unique, device, tta=True)
         results.update(
             {
                 "selected_on": self.cfg.select_on,
@@ -373,6 +386,7 @@ class Run:
                 "data_file": os.path.basename(data.file) if data.file else None,
                 "data_md5": file_md5(data.file) if data.file else None,
                 "data_warnings": self.data_warnings,
+                "duplicates": data.duplicates(),
                 "split_sizes": {s: y.numel() for s, y in data.labels.items()},
             }
         )

@@ -101,6 +101,14 @@ def test_cpu_noise_generator_normals_per_s(benchmark, monkeypatch, impl, one_thr
     benchmark.extra_info["environment"] = environment()
 
 
+def _plain_step(layer: bs.SparseConnectomeLinear, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """``_plastic_step`` without the biology: forward, backward, optimiser step, projection."""
+    opt.zero_grad(set_to_none=True)
+    layer(x).square().mean().backward()
+    opt.step()
+    layer.constrain_()
+
+
 def test_cpu_module_step_4096_plain_vs_biology(benchmark, one_thread):
     """(c) 4096 x 4096, 90 %, b = 64, batch 256: the plain step, the step with signs + noise +
     plasticity, and dense masked ``F.linear``, alternating, one thread."""
@@ -108,14 +116,15 @@ def test_cpu_module_step_4096_plain_vs_biology(benchmark, one_thread):
     n, b, sparsity, batch = CPU_CASE.values()
     mask = _block_mask(n, b, sparsity)
     plain = bs.SparseConnectomeLinear(n, n, mask=mask, block_size=b)
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=1e-3)
     sign = torch.where(torch.rand(n) < 0.8, 1.0, -2.0)
     bio = bs.SparseConnectomeLinear(n, n, mask=mask, block_size=b, sign=sign, noise_sigma=0.1).train()
     bio.record_activity = True
     opt = torch.optim.SGD(bio.parameters(), lr=1e-3)
     dense = _DenseMaskedLinear(mask)
     x = torch.randn(batch, n)
-    steps = {
-        "plain": lambda: _train_step(plain, x),
+    steps = {  # the same module path, without and with the biology (plasticity_step needs a record)
+        "plain": lambda: _plain_step(plain, plain_opt, x),
         "biology": lambda: _plastic_step(bio, opt, x),
         "dense_masked": lambda: _train_step(dense, x),
     }

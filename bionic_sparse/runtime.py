@@ -20,12 +20,22 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 
 import torch
 
-__all__ = ["child_env", "reexec_with_passive_wait", "environment", "code_revision", "cpu_name", "ENV_REEXEC"]
+__all__ = [
+    "child_env",
+    "reexec_with_passive_wait",
+    "invocation",
+    "environment",
+    "code_revision",
+    "cpu_name",
+    "ENV_REEXEC",
+]
 
 ENV_REEXEC = "BIONIC_SPARSE_NO_REEXEC"  # set to 1 to keep the inherited OpenMP wait policy
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,6 +71,32 @@ def reexec_with_passive_wait() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *argv[1:]])
+
+
+def invocation(argv0: str, module: str) -> str:
+    """The start of a command that runs this program again, pasteable into a shell: the console
+    script by name (when it is the one on ``PATH``) or by path, ``<interpreter> <script.py>``, or
+    ``<interpreter> -m <module>``; the interpreter is the one running now, quoted."""
+    python = shlex.quote(sys.executable or "python3")
+    if not argv0 or argv0.endswith("__main__.py") or argv0 == "-m" or _started_as_module():
+        return f"{python} -m {module}"
+    if argv0.endswith(".py"):
+        return f"{python} {shlex.quote(argv0)}"
+    name = os.path.basename(argv0)
+    on_path = shutil.which(name)
+    if on_path and os.path.realpath(on_path) == os.path.realpath(argv0):
+        return shlex.quote(name)
+    return shlex.quote(os.path.abspath(argv0))
+
+
+def _started_as_module() -> bool:
+    """``python [options] -m pkg.mod``: then ``sys.argv[0]`` is the module's file, not a script."""
+    for arg in getattr(sys, "orig_argv", [])[1:]:
+        if arg == "-m":
+            return True
+        if not arg.startswith("-"):
+            return False
+    return False
 
 
 def code_revision() -> str:

@@ -112,21 +112,22 @@ def test_resume_without_a_checkpoint_says_so(tiny_csv, tmp_path, capsys):
 
 
 def test_crash_while_saving_keeps_the_last_checkpoint(tiny_csv, tmp_path, monkeypatch):
-    train(cfg(tiny_csv, tmp_path, epochs=1))
-    good = torch.load(tmp_path / "last.pt", weights_only=False)
     real_save = torch.save
 
     def crashing_save(obj, f, *a, **k):
-        with open(f, "wb") as fh:
-            fh.write(b"partial")  # a torn write of the temporary file
-        raise KeyboardInterrupt("killed mid-write")
+        if obj.get("epoch") == 1 and "optimizer" in obj:  # epoch 2's last.pt: killed mid-write
+            with open(f, "wb") as fh:
+                fh.write(b"partial")  # a torn write of the temporary file
+            raise KeyboardInterrupt("killed mid-write")
+        real_save(obj, f, *a, **k)
 
     monkeypatch.setattr(checkpoint_mod.torch, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tiny_csv, tmp_path, epochs=2, resume=True))
+        train(cfg(tiny_csv, tmp_path, epochs=2))
     monkeypatch.setattr(checkpoint_mod.torch, "save", real_save)
     again = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert again["epoch"] == good["epoch"] == 0
+    assert again["epoch"] == 0  # epoch 1's checkpoint, whole
+    assert train(cfg(tiny_csv, tmp_path, epochs=2, resume=True))["epochs"] == 2
 
 
 def test_quick_mode_records_what_it_ran(tiny_csv, tmp_path):
@@ -209,8 +210,14 @@ def test_bad_input_is_one_error_line_and_leaves_no_folder(tiny_csv, tmp_path, ca
 def test_ctrl_c_names_the_resume_command(tiny_csv, tmp_path, monkeypatch, capsys):
     argv = ["--sparse", "--data", tiny_csv, "--out", str(tmp_path / "r"), "--device", "cpu", "--epochs", "3"]
     real = _interrupt_at(monkeypatch, 0)
-    assert main(argv) == 130
-    assert "before the first epoch ended" in capsys.readouterr().err
+    assert main(argv, prog="bionic-train") == 130
+    err = capsys.readouterr().err
+    assert "before the first epoch ended" in err and err.strip().endswith(
+        f"Start again with: bionic-train {' '.join(argv)} --resume"
+    )
+    assert main(argv) == 2  # the folder holds that run's config.json: no silent mix
+    assert "--out" in capsys.readouterr().err
+    argv = [*argv, "--resume"]
     monkeypatch.setattr(Run, "train_epoch", real)
     _interrupt_at(monkeypatch, 1)
     assert main(argv, prog="bionic-train") == 130
@@ -218,9 +225,9 @@ def test_ctrl_c_names_the_resume_command(tiny_csv, tmp_path, monkeypatch, capsys
     assert "Traceback" not in err
     err = [ln for ln in err.splitlines() if ln.strip() and not ln.lstrip().startswith("epoch ")]  # tqdm
     assert len(err) == 1 and "interrupted in epoch 2/3" in err[0]
-    assert err[0].endswith(f"Continue with: bionic-train {' '.join(argv)} --resume")
+    assert err[0].endswith(f"Continue with: bionic-train {' '.join(argv)}")
     monkeypatch.setattr(Run, "train_epoch", real)
-    assert main([*argv, "--resume"]) == 0
+    assert main(argv) == 0
     assert "resumed from" in capsys.readouterr().out
 
 
@@ -228,10 +235,10 @@ def _module_cmd(*args) -> list[str]:
     return [sys.executable, "-m", "bionic_sparse.training", *args]
 
 
-def test_real_sigint_exits_130_without_a_traceback(tiny_csv, tmp_path):
+def test_real_sigint_exits_130_and_its_continue_command_runs(tiny_csv, tmp_path):
     out = tmp_path / "sig"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = _module_cmd("--sparse", "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--epochs", "200")
+    cmd = _module_cmd("--sparse", "--data", tiny_csv, "--out", str(out), "--device", "cpu", "--epochs", "4")
     # NOTE: a job started in the background by a non-interactive shell inherits SIGINT as ignored
     # (and Python then keeps it ignored); the child gets the default, as in a terminal.
     proc = subprocess.Popen(
@@ -248,7 +255,11 @@ def test_real_sigint_exits_130_without_a_traceback(tiny_csv, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and "--resume" in err and "python -m bionic_sparse.training" in err
+    assert "Traceback" not in err and f"{sys.executable} -m bionic_sparse.training" in err
+    again = err.strip().splitlines()[-1].split("Continue with: ", 1)[1]  # pasted into a shell, as printed
+    done = subprocess.run(again, shell=True, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout and (out / "results.json").exists()
 
 
 def test_cli_config_file_and_overrides(tiny_csv, tmp_path):
@@ -308,7 +319,8 @@ def test_resume_from_an_unusable_checkpoint_is_one_error_line(tiny_csv, tmp_path
     conf = tmp_path / "other.json"
     conf.write_text(json.dumps({"model_config": {**TINY_MODEL, "units_per_neuron": 3}}))
     assert main([*argv, "--resume", "--config", str(conf)]) == 2
-    assert "another model or model_config" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "belongs to another run" in err[0] and "model_config.units_per_neuron 16 -> 3" in err[0]
 
 
 def test_ctrl_c_in_the_final_evaluation(tiny_csv, tmp_path, monkeypatch, capsys):

@@ -250,11 +250,9 @@ def _scatter_dense(w_syn: torch.Tensor, index: torch.Tensor, n_out: int, n_in: i
     return dense.index_copy_(0, index, w_syn.to(dtype)).view(n_out, n_in)
 
 
-def _noise(nnzb: int, b: int, sigma: float, seed: int, like: torch.Tensor) -> torch.Tensor | None:
-    """``sigma * xi`` ``[nnzb, b, b]`` in ``like``'s dtype and device, or ``None`` when ``sigma == 0``."""
-    if sigma == 0.0:
-        return None
-    return synapse_noise(seed, nnzb, b, device=like.device).to(like.dtype) * sigma
+def _xi(nnzb: int, b: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+    """``xi[nnzb, b, b]`` of every slot in ``like``'s dtype and device (memoised; not to be modified)."""
+    return synapse_noise(seed, nnzb, b, device=like.device).to(like.dtype)
 
 
 def _effective(
@@ -268,10 +266,10 @@ def _effective(
     """``noisy(values) * synapse_mask`` ``[nnzb, b, b]`` (the sign is applied to activations);
     with a synapse mask (and its ``syn``) the noise is drawn at the synapses only."""
     if synapse_mask is None or syn is None:
-        noise = _noise(values.shape[0], values.shape[-1], sigma, seed, values)
-        if noise is None:
+        if sigma == 0.0:
             return values
-        return torch.addcmul(values, values, noise) if multiplicative else values + noise
+        xi = _xi(values.shape[0], values.shape[-1], seed, values)
+        return torch.addcmul(values, values, xi, value=sigma) if multiplicative else torch.add(values, xi, alpha=sigma)
     w = values * synapse_mask
     if sigma != 0.0:
         w.view(-1).index_copy_(0, syn.slot, _synapse_weights(values, syn, None, sigma, seed, multiplicative))
@@ -523,7 +521,7 @@ def bsr_linear_dw(
         dw.mul_(_per_col(sign.to(dw.dtype), col, b))
     if sigma != 0.0 and multiplicative:
         if syn is None:  # no synapse mask: every slot
-            dw.addcmul_(dw, _noise(nnzb, b, sigma, seed, dw))  # dW * (1 + sigma xi)
+            dw.addcmul_(dw, _xi(nnzb, b, seed, dw), value=sigma)  # dW * (1 + sigma xi)
         else:  # at the synapses only: the mask zeroes the rest below
             flat = dw.view(-1)
             factor = synapse_noise_at(seed, syn.slot).to(dw.dtype).mul(sigma).add_(1.0)

@@ -366,7 +366,9 @@ def _decode(entry: _ImageEntry) -> np.ndarray:
             if im.size != (48, 48):
                 im = im.resize((48, 48))
             return np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        raise DataError(f"{entry.where}: not a readable image (not an image format Pillow knows)") from None
+    except (OSError, ValueError) as e:
         raise DataError(f"{entry.where}: not a readable image ({e})") from None
 
 

@@ -4,13 +4,15 @@ conventional baseline of the same size. Every biological feature is a switch in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from ..connectome import laminar_masks, load_connectome
+from ..fields import coerce_fields
 from ..nn import MaskedLinear, SparseConnectomeLinear
+from ..plasticity import NOISE_MODES
 
 __all__ = ["BioNICConfig", "BioNIC", "ConventionalBaseline", "N_CLASSES"]
 
@@ -52,16 +54,26 @@ class BioNICConfig:
             raise ValueError(f"masks must be one of {MASK_KINDS}, got {self.masks!r}")
         if self.execution not in ("sparse", "dense_masked"):
             raise ValueError(f"execution must be 'sparse' or 'dense_masked', got {self.execution!r}")
+        if self.noise_mode not in NOISE_MODES:
+            raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {self.noise_mode!r}")
         self.pathway = tuple(self.pathway)
         self.front_channels = tuple(self.front_channels)
+        for name in ("units_per_neuron", "block_size", "front_pool"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model_config.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.front_channels or min(self.front_channels) < 1:
+            raise ValueError(f"model_config.front_channels must be positive channel counts, got {self.front_channels}")
+        for name in ("g_inh", "noise_sigma", "hebbian_eta", "target_rate"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model_config.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("homeostasis_rate", "dropout"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"model_config.{name} must lie in [0, 1), got {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> BioNICConfig:
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown model config keys {unknown}; valid: {sorted(names)}")
-        return cls(**d)
+        """From a loose mapping (JSON, YAML): keys and types checked (:mod:`bionic_sparse.fields`)."""
+        return cls(**coerce_fields(cls, d, "model_config"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,7 +29,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from ..runtime import child_env
+from ..runtime import child_env, invocation
 from .config import load_config_file
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -251,7 +251,9 @@ def _stats_cells(vals: dict[int, float], full: dict[int, float], is_full: bool) 
 
 
 def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
-    if not per_metric:
+    if not per_metric:  # no finished run: no figure (and none left from an earlier call)
+        if os.path.exists(path):
+            os.remove(path)
         return
     import matplotlib
 
@@ -296,10 +298,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device")
     ap.add_argument("--quick", action="store_true", help="each run: first 300 images per split, one epoch")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
+    ap.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        help="resume interrupted runs that other code started (each results.json lists the revisions)",
+    )
     args = ap.parse_args(argv)
     if args.list:
-        for name, (train_over, model_over) in VARIANTS.items():
-            print(f"{name:<18} {json.dumps({**train_over, **model_over})}")
+        try:
+            for name, (train_over, model_over) in VARIANTS.items():
+                print(f"{name:<18} {json.dumps({**train_over, **model_over})}")
+        except BrokenPipeError:  # `--list | head`: the reader left; stop quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         return 0
     try:
         base = load_config_file(args.config) if args.config else {}
@@ -310,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                 base[key] = getattr(args, key)
         if args.quick:
             base["quick"] = True
+        if args.allow_code_change:
+            base["allow_code_change"] = True
         base.pop("out", None)
         base.pop("seed", None)
         rows = run_ablations(args.out, base, args.seeds, args.variants, jobs=args.jobs)
@@ -317,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # the runs were interrupted with us; finished ones are kept
-        again = " ".join(shlex.quote(a) for a in ["python -m bionic_sparse.training.ablation", *(argv or sys.argv[1:])])
+        prog = invocation(sys.argv[0] if sys.argv else "", "bionic_sparse.training.ablation")
+        again = " ".join([prog, *(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))])
         print(
             f"\ninterrupted: finished runs are kept, interrupted ones resume. Continue with: {again}", file=sys.stderr
         )
@@ -325,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "ablations.md")) as f:
         print(f.read())
     failed = [r for r in rows if r["status"].startswith("failed")]
-    print(f"{len(rows) - len(failed)} runs finished, {len(failed)} failed -> {args.out}/ablations.csv, .md, .png")
+    written = [
+        n for n in ("ablations.csv", "ablations.md", "ablations.png") if os.path.exists(os.path.join(args.out, n))
+    ]
+    print(f"{len(rows) - len(failed)} runs finished, {len(failed)} failed -> {args.out}/: {', '.join(written)}")
     return 1 if failed else 0
 
 

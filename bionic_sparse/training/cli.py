@@ -18,19 +18,23 @@ import argparse
 import os
 import shlex
 import sys
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..runtime import reexec_with_passive_wait
+from ..runtime import invocation, reexec_with_passive_wait
+from . import require_train_extra
 from .config import TrainConfig, load_config_file
-from .trainer import Run
+
+if TYPE_CHECKING:
+    from .trainer import Run
 
 __all__ = ["build_parser", "config_from_args", "main"]
 
 # flags copied onto TrainConfig fields of the same name when given
 _OVERRIDES = (
     "data", "epochs", "batch_size", "lr", "seed", "device", "amp", "tta", "out", "quick",
-    "train_images", "holdout", "select_on", "resume", "tensorboard",
+    "train_images", "holdout", "select_on", "resume", "overwrite", "allow_code_change", "tensorboard",
 )  # fmt: skip
 
 
@@ -55,11 +59,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--train-images", type=int, help="keep this many training images (stratified, seeded)")
     ap.add_argument("--holdout", type=float, help="fraction of Training held out as an in-distribution split")
     ap.add_argument("--select-on", choices=["public_test", "holdout"], help="split for model selection")
-    ap.add_argument("--resume", action="store_true", default=None, help="continue from OUT/last.pt")
-    ap.add_argument("--tensorboard", action="store_true", default=None)
     ap.add_argument(
-        "--threads", type=int, help="CPU threads of this run (default: $OMP_NUM_THREADS, else every core)"
+        "--resume", action="store_true", default=None, help="continue the run in OUT (the same config, data and code)"
     )
+    ap.add_argument(
+        "--overwrite", action="store_true", default=None, help="delete the run already in OUT and start over"
+    )
+    ap.add_argument(
+        "--allow-code-change",
+        action="store_true",
+        default=None,
+        help="with --resume: continue a run that other code started (results.json lists every code revision)",
+    )
+    ap.add_argument("--tensorboard", action="store_true", default=None)
+    ap.add_argument("--threads", type=int, help="CPU threads of this run (default: $OMP_NUM_THREADS, else every core)")
     return ap
 
 
@@ -87,36 +100,41 @@ def config_from_args(argv: list[str], prog: str | None = None) -> TrainConfig:
 
 
 def _prog() -> str:
-    """How the user started us, to print a command they can paste."""
+    """How the user started us, as a command they can paste into a shell (module, console script
+    or script file, with the interpreter that runs now)."""
     argv0 = sys.argv[0] if sys.argv else ""
-    if argv0.endswith("__main__.py") or not argv0:
-        return "python -m bionic_sparse.training"
-    if argv0.endswith(".py"):
-        return f"python {argv0}"
-    return os.path.basename(argv0)
+    return invocation(argv0, "bionic_sparse.training")
+
+
+def continue_command(prog: str, argv: list[str]) -> str:
+    """The command that continues this run: the same one with ``--resume`` (and without
+    ``--overwrite``, which would delete what it continues)."""
+    args = [a for a in argv if a != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return " ".join([prog, *(shlex.quote(a) for a in args)])
 
 
 def _interrupted(run: Run, argv: list[str], prog: str) -> None:
     print(file=sys.stderr)  # end the progress bar's line
     done = run.completed_epochs()
+    again = continue_command(prog, argv)
     if done >= run.epochs:
         print(
-            f"interrupted in the final evaluation; {run.last_path} holds all {done} epochs: run the same "
-            "command with --resume to evaluate again",
+            f"interrupted in the final evaluation; {run.last_path} holds all {done} epochs. "
+            f"Evaluate again with: {again}",
             file=sys.stderr,
         )
-        return
-    if done == 0:
+    elif done == 0:
         print(
-            "interrupted before the first epoch ended; no checkpoint was written: run the same command to start again",
+            f"interrupted before the first epoch ended; no checkpoint was written. Start again with: {again}",
             file=sys.stderr,
         )
-        return
-    again = " ".join(shlex.quote(a) for a in [*shlex.split(prog), *argv, *([] if "--resume" in argv else ["--resume"])])
-    print(
-        f"interrupted in epoch {done + 1}/{run.epochs}; {run.last_path} holds epoch {done}. Continue with: {again}",
-        file=sys.stderr,
-    )
+    else:
+        print(
+            f"interrupted in epoch {done + 1}/{run.epochs}; {run.last_path} holds epoch {done}. Continue with: {again}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
@@ -127,13 +145,15 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     try:
         try:
             cfg = config_from_args(argv, prog)
+            require_train_extra()
+            from .trainer import Run
             threads = build_parser(prog).parse_args(argv).threads
             if threads is not None:
                 if threads < 1:
                     raise ValueError(f"--threads must be >= 1, got {threads}")
                 torch.set_num_threads(threads)
             run = Run.setup(cfg)
-        except (FileNotFoundError, ValueError) as e:  # bad flags, config file or data: no traceback
+        except (FileNotFoundError, ValueError, ImportError) as e:  # bad flags, config, data, extras: no traceback
             print(f"error: {e}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
+from ..fields import coerce_fields
 from ..models.bionic import BioNICConfig
 
-__all__ = ["TrainConfig", "load_config_file"]
+__all__ = ["TrainConfig", "load_config_file", "NON_IDENTITY_FIELDS"]
+
+# Fields that cannot change a run's result: they may differ between a run and its --resume (the
+# device only between devices of one type; the thread count is not a field at all).
+NON_IDENTITY_FIELDS = ("out", "resume", "overwrite", "allow_code_change", "tensorboard", "device")
 
 
 @dataclass
@@ -34,19 +39,27 @@ class TrainConfig:
     holdout: float = 0.0  # fraction of Training held out (stratified, seeded) as an in-distribution split
     select_on: str = "public_test"  # split for model selection: "public_test" or "holdout"
     resume: bool = False
+    overwrite: bool = False  # start over in an --out that holds another run (its files are deleted first)
+    allow_code_change: bool = False  # --resume a run whose checkpoint other code wrote (recorded in results.json)
     tensorboard: bool = False
     model_config: BioNICConfig = field(default_factory=BioNICConfig)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """From a loose mapping (JSON, YAML, flags): every key and type checked in one place
+        (:mod:`bionic_sparse.fields`), then the ranges (:meth:`validate`)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"a config must be a mapping of TrainConfig fields, got {type(d).__name__}")
         d = dict(d)
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; valid: {sorted(names)}")
-        if isinstance(d.get("model_config"), dict):
-            d["model_config"] = BioNICConfig.from_dict(d["model_config"])
-        return cls(**d)
+        model_config = d.pop("model_config", None)
+        d = coerce_fields(cls, d)
+        if isinstance(model_config, BioNICConfig):
+            d["model_config"] = model_config
+        elif model_config is not None:
+            d["model_config"] = BioNICConfig.from_dict(model_config)
+        cfg = cls(**d)
+        cfg.validate()
+        return cfg
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +76,12 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.select_on not in ("public_test", "holdout"):
@@ -73,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"holdout must be in [0, 1), got {self.holdout}")
         if self.train_images is not None and self.train_images < 1:
             raise ValueError(f"train_images must be >= 1, got {self.train_images}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run in --out, or delete it")
 
 
 def load_config_file(path: str) -> dict:

@@ -26,6 +26,7 @@ import datetime
 import json
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 
@@ -36,9 +37,9 @@ from tqdm import tqdm
 
 from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
 from ..models.bionic import BioNIC, ConventionalBaseline
-from ..runtime import environment
+from ..runtime import code_revision, environment
 from .checkpoint import rng_state, save_atomic, set_rng_state
-from .config import TrainConfig
+from .config import NON_IDENTITY_FIELDS, TrainConfig
 from .report import plot_run, write_metrics
 
 __all__ = ["TrainConfig", "Run", "train", "evaluate", "shard", "QUICK_IMAGES"]
@@ -47,10 +48,70 @@ QUICK_IMAGES = 300  # per split, with quick=True
 EVAL_SPLITS = ("train", "public_test", "private_test")
 
 
-def _device(name: str) -> torch.device:
+def resolve_device(name: str, amp: bool = False) -> torch.device:
+    """The device of ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), checked before any data
+    loads: an unknown name, an absent GPU or ``--amp`` without CUDA is a ``ValueError``."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {name!r}: the trainer runs on cpu or cuda, not {device.type}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name!r}: no CUDA GPU is available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if amp and device.type != "cuda":
+        raise ValueError(f"--amp is bf16 autocast on a CUDA GPU; the device here is {device.type}: leave --amp off")
+    return device
+
+
+# every file a run writes into its folder (a new run in a folder that holds any of them is refused
+# unless the user asks to overwrite it, and then they are deleted first)
+RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "confusion_matrix.png",
+             "learning_curves.png", "tb")  # fmt: skip
+
+
+def check_optional_dependencies(cfg: TrainConfig) -> None:
+    """Features whose extra is not installed are refused before anything is written."""
+    if cfg.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--tensorboard needs the tensorboard package: pip install 'bionic-sparse[tensorboard]'"
+            ) from None
+
+
+def run_identity(cfg: TrainConfig, device: torch.device, data_md5: str | None) -> dict:
+    """Everything that determines a run's result: the resolved config (every field but
+    :data:`NON_IDENTITY_FIELDS`, the data path made absolute), the device type, the data file's
+    md5, the package version and the code revision."""
+    from .. import __version__
+
+    ident = json.loads(json.dumps(cfg.to_dict()))
+    for name in NON_IDENTITY_FIELDS:
+        ident.pop(name, None)
+    if ident.get("data"):
+        ident["data"] = os.path.abspath(ident["data"])
+    ident.update(device_type=device.type, data_md5=data_md5, bionic_sparse=__version__, code_revision=code_revision())
+    return ident
+
+
+def identity_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``field: old -> new`` for every field that differs (nested ``model_config`` flattened)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} -> {b!r}")
+    return out
 
 
 def init_distributed(device: str = "auto") -> tuple[int, int]:
@@ -108,6 +169,28 @@ def evaluate(
     }
 
 
+def _check_out_folder(cfg: TrainConfig) -> None:
+    """A new run never mixes with an old one: without ``resume``, an ``out`` holding a run's files
+    is refused unless ``overwrite`` (then :func:`_delete_run_files` clears it after validation)."""
+    if cfg.resume or cfg.overwrite or not os.path.isdir(cfg.out):
+        return
+    found = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
+    if found:
+        raise ValueError(
+            f"--out {cfg.out} holds another run ({', '.join(found)}): continue it with --resume, "
+            "choose another --out, or pass --overwrite to delete it and start over"
+        )
+
+
+def _delete_run_files(out: str) -> None:
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
 def prepare_data(cfg: TrainConfig, data: FER2013 | None = None) -> FER2013:
     """Load (or trim) the data of a run and apply its hold-out and training budget; raises
     ``FileNotFoundError`` / :class:`DataError` for unusable data, before anything is written."""
@@ -146,6 +229,9 @@ class Run:
     sched: torch.optim.lr_scheduler.LambdaLR = field(init=False)
     net: torch.nn.Module = field(init=False)  # the model, or its DistributedDataParallel wrapper
     steps_per_epoch: int = field(init=False)
+    data_md5: str | None = field(init=False, default=None)
+    identity: dict = field(init=False, default_factory=dict)  # run_identity(): what --resume must match
+    code_revisions: list[dict] = field(init=False, default_factory=list)  # the code that trained the weights
 
     @property
     def epochs(self) -> int:
@@ -166,23 +252,32 @@ class Run:
     @classmethod
     def setup(cls, cfg: TrainConfig, data: FER2013 | None = None) -> Run:
         """Validate, load the data, build model/optimiser/schedule, restore ``last.pt`` with
-        ``resume``. Bad input raises (``ValueError``, ``FileNotFoundError``) before the output
-        folder is created."""
+        ``resume``. Bad input (config, device, optional dependency, output folder, data, a
+        checkpoint of another run) raises ``ValueError`` / ``FileNotFoundError`` before any file
+        of the run is written."""
         cfg.validate()
+        device = resolve_device(cfg.device, cfg.amp)
+        check_optional_dependencies(cfg)
         rank, world = init_distributed(cfg.device)
-        device = _device(cfg.device)
+        if rank == 0:
+            _check_out_folder(cfg)
         if world > 1 and device.type == "cuda":
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
             torch.cuda.set_device(device)
         data = prepare_data(cfg, data)
         torch.manual_seed(cfg.seed)
         run = cls(cfg=cfg, data=data, model=build_model(cfg).to(device), device=device, rank=rank, world=world)
+        run.data_md5 = file_md5(data.file) if data.file else None
+        run.identity = run_identity(cfg, device, run.data_md5)
+        run.code_revisions = [{"code_revision": run.identity["code_revision"], "from_epoch": 1}]
         run.data_warnings = data.check()
         run._build_optimiser()
-        os.makedirs(cfg.out, exist_ok=True)
         if cfg.resume:
             run._restore()
         if rank == 0:
+            if cfg.overwrite:
+                _delete_run_files(cfg.out)
+            os.makedirs(cfg.out, exist_ok=True)
             print(data.describe())
             dup = data.duplicates()
             print(
@@ -230,13 +325,9 @@ class Run:
             ckpt = torch.load(self.last_path, map_location=self.device, weights_only=False)
         except Exception as e:  # a torn or foreign file: say which, and how to start over
             raise ValueError(f"{self.last_path} cannot be read ({type(e).__name__}); delete it to start over") from None
-        mine = {k: v for k, v in self.cfg.to_dict().items() if k in ("model", "model_config")}
-        theirs = {k: ckpt.get("config", {}).get(k) for k in mine}
-        if json.loads(json.dumps(mine)) != json.loads(json.dumps(theirs)):
-            raise ValueError(
-                f"{self.last_path} was written by a run with another model or model_config; "
-                "use another --out or delete the checkpoint"
-            )
+        if not isinstance(ckpt, dict) or "model" not in ckpt:
+            raise ValueError(f"{self.last_path} is not a checkpoint of this trainer; use another --out or --overwrite")
+        self._check_identity(ckpt)
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.sched.load_state_dict(ckpt["scheduler"])
@@ -244,6 +335,36 @@ class Run:
         set_rng_state(ckpt["rng"])
         if self.rank == 0:
             print(f"resumed from {self.last_path} after epoch {ckpt['epoch'] + 1}")
+
+    def _check_identity(self, ckpt: dict) -> None:
+        """``--resume`` continues only the same run: every field of :func:`run_identity` must
+        match the checkpoint's (a code change only with ``allow_code_change``, then recorded)."""
+        theirs = ckpt.get("identity")
+        mine = dict(self.identity)
+        if theirs is None:  # a checkpoint from before identity records: its config is all there is
+            theirs = {
+                k: v for k, v in json.loads(json.dumps(ckpt.get("config", {}))).items() if k not in NON_IDENTITY_FIELDS
+            }
+            if theirs.get("data"):
+                theirs["data"] = os.path.abspath(theirs["data"])
+            mine = {k: v for k, v in mine.items() if k in theirs}
+            print(f"note: {self.last_path} predates run identities: only its config is checked")
+        changed = identity_changes(theirs, mine)
+        code = [c for c in changed if c.startswith("code_revision ")]
+        if code and self.cfg.allow_code_change:
+            changed = [c for c in changed if c not in code]
+            self.code_revisions = ckpt.get(
+                "code_revisions", [{"code_revision": theirs.get("code_revision"), "from_epoch": 1}]
+            )
+            self.code_revisions.append({"code_revision": mine["code_revision"], "from_epoch": ckpt["epoch"] + 2})
+        else:
+            self.code_revisions = ckpt.get("code_revisions", self.code_revisions)
+        if changed:
+            hint = " (--allow-code-change continues across a code change, recorded in results.json)" if code else ""
+            raise ValueError(
+                f"--resume: {self.last_path} belongs to another run ({'; '.join(changed)}); "
+                f"start over with another --out, or --overwrite to delete the old run{hint}"
+            )
 
     def _write_config(self) -> None:
         ran = self.cfg.to_dict()
@@ -339,6 +460,8 @@ class Run:
                 "best_acc": self.best_acc,
                 "history": self.history,
                 "config": self.cfg.to_dict(),
+                "identity": self.identity,
+                "code_revisions": self.code_revisions,
             },
             self.last_path,
         )
@@ -384,7 +507,9 @@ class Run:
                 "n_parameters": sum(p.numel() for p in model.parameters()),
                 "data_source": data.source,
                 "data_file": os.path.basename(data.file) if data.file else None,
-                "data_md5": file_md5(data.file) if data.file else None,
+                "data_md5": self.data_md5,
+                "identity": self.identity,
+                "code_revisions": self.code_revisions,
                 "data_warnings": self.data_warnings,
                 "duplicates": data.duplicates(),
                 "split_sizes": {s: y.numel() for s, y in data.labels.items()},

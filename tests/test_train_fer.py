@@ -352,3 +352,14 @@ def test_a_closed_stdout_stops_quietly_after_the_checkpoint(tiny_csv, tmp_path):
     assert proc.returncode == 141, err[-2000:]
     assert "Traceback" not in err
     assert torch.load(out / "last.pt", weights_only=False)["epoch"] >= 0
+
+
+def test_metrics_log_the_plasticity_update_relative_to_the_optimiser(tiny_csv, tmp_path):
+    train(cfg(tiny_csv, tmp_path / "bio", epochs=1, model_config={**TINY_MODEL, "hebbian_eta": 0.01}))
+    with open(tmp_path / "bio" / "metrics.csv") as f:
+        row = next(csv.DictReader(f))
+    ratios = [float(row[f"plastic_over_opt_l{i}"]) for i in (1, 2, 3)]
+    assert all(0 < r < float("inf") for r in ratios), ratios
+    train(cfg(tiny_csv, tmp_path / "base", epochs=1, model="baseline"))
+    with open(tmp_path / "base" / "metrics.csv") as f:
+        assert not any(k.startswith("plastic_over_opt") for k in next(csv.DictReader(f)))

@@ -22,7 +22,8 @@ def write_metrics(path: str, history: list[dict]) -> None:
     """One row per epoch, written atomically."""
     tmp = path + ".tmp"
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        fields = list(dict.fromkeys(k for row in history for k in row))  # rows of older runs may lack columns
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(history)
     os.replace(tmp, path)

@@ -48,6 +48,37 @@ QUICK_IMAGES = 300  # per split, with quick=True
 EVAL_SPLITS = ("train", "public_test", "private_test")
 
 
+# every this many steps, the size of the plasticity update is compared with the optimiser's
+PLASTICITY_PROBE_EVERY = 50
+
+
+class PlasticityProbe:
+    """How far plasticity moves each connectome layer's weights relative to the optimiser, in one
+    step: ``plastic_over_opt_l<i>`` = ||W after plasticity - W after the optimiser|| /
+    ||W after the optimiser - W before it|| (Frobenius, over the stored weights; the plasticity
+    side includes the Dale projection, which is zero when the optimiser kept the signs).
+
+    NOTE: a term that moves the weights by 1e-5 of what the gradient does cannot show in an
+    ablation; this column (per epoch, the mean over probed steps) says which ones can. Hebbian and
+    homeostatic parts are told apart by the grid's no_hebbian / no_homeostasis runs.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        layers = model.connectome_layers() if hasattr(model, "connectome_layers") else []
+        self.weights = [layer._plastic_weight() for layer in layers]
+        self.before = [w.detach().clone() for w in self.weights]
+
+    def after_optimizer(self) -> None:
+        self.after_opt = [w.detach().clone() for w in self.weights]
+
+    def after_plasticity(self) -> dict[str, float]:
+        out = {}
+        for i, (w0, w1, w) in enumerate(zip(self.before, self.after_opt, self.weights, strict=True), start=1):
+            opt = float((w1 - w0).norm())
+            out[f"plastic_over_opt_l{i}"] = float((w.detach() - w1).norm()) / opt if opt > 0 else float("nan")
+        return out
+
+
 def resolve_device(name: str, amp: bool = False) -> torch.device:
     """The device of ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), checked before any data
     loads: an unknown name, an absent GPU or ``--amp`` without CUDA is a ``ValueError``."""
@@ -387,7 +418,8 @@ class Run:
             disable=self.rank != 0,
             leave=False,
         )
-        for start in bar:
+        probes: list[dict[str, float]] = []
+        for step, start in enumerate(bar):
             idx = perm[start : start + cfg.batch_size]
             x = to_float(x_train[idx]).to(self.device, non_blocking=True)
             y = y_train[idx].to(self.device)
@@ -402,9 +434,14 @@ class Run:
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             lr = self.opt.param_groups[0]["lr"]  # the rate this step used (logged: the epoch's last)
+            probe = PlasticityProbe(model) if step % PLASTICITY_PROBE_EVERY == 0 else None
             self.opt.step()
             self.sched.step()
+            if probe is not None:
+                probe.after_optimizer()
             model.after_optimizer_step()
+            if probe is not None:
+                probes.append(probe.after_plasticity())
             self._sync_plastic()
             seen += y.numel()
             correct += int((logits.argmax(-1) == y).sum())
@@ -418,6 +455,7 @@ class Run:
             "lr": lr,
             "seconds": seconds,
             "images_per_s": seen * self.world / max(seconds, 1e-9),
+            **{k: sum(p[k] for p in probes) / len(probes) for k in (probes[0] if probes else {})},
         }
 
     def _sync_plastic(self) -> None:

@@ -81,6 +81,7 @@ def coerce_fields(cls: type, d: dict, prefix: str = "") -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ValueError(f"unknown {prefix + ' ' if prefix else ''}config keys {unknown}; valid: {sorted(names)}")
+        what = f"{prefix.replace('_', ' ')} keys" if prefix else "config keys"
+        raise ValueError(f"unknown {what} {unknown}; valid: {sorted(names)}")
     hints = typing.get_type_hints(cls)
     return {k: coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in d.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -151,23 +152,66 @@ def bsr_linear(
             raise ValueError("record was made for another topology or device")
         record.expect_backward()
         plastic = (None if bias is None else bias.detach(), record.corr)
-    y, moments = ops.bsr_linear(
-        x,
-        values,
-        *matrix.index_tensors().values(),  # crow, col, row, ccol_t, row_t, perm_t
-        matrix.synapse_mask,
-        sign,
-        *(plastic or (None, None)),
-        n_out=n_out,
-        sigma=noise_sigma,
-        seed=int(noise_seed),
-        multiplicative=noise_mode == MULTIPLICATIVE,
-    )
+    _check_transforms(x, values)
+    x, values, autocast = _autocast(x, values)
+    with autocast:
+        y, moments = ops.bsr_linear(
+            x,
+            values,
+            *matrix.index_tensors().values(),  # crow, col, row, ccol_t, row_t, perm_t
+            matrix.synapse_mask,
+            sign,
+            *(plastic or (None, None)),
+            _seed(noise_seed),
+            n_out=n_out,
+            sigma=noise_sigma,
+            multiplicative=noise_mode == MULTIPLICATIVE,
+        )
     if record is not None:
         record.moments = moments
     # NOTE: the bias stays outside the op, so autograd owns its gradient; plasticity gets it
     # (detached) as post_bias because its post-synaptic activity is the layer output y + bias.
     return y if bias is None else y + bias.to(y.dtype)
+
+
+def _check_transforms(*tensors: torch.Tensor) -> None:
+    """Forward-mode AD and ``torch.func`` transforms have no rules for the engine's custom ops:
+    refuse them by name instead of returning zeros (``jvp``) or a foreign error (``grad``)."""
+    if torch.compiler.is_compiling():
+        return
+    for t in tensors:
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            raise NotImplementedError(
+                "bionic_sparse.bsr_linear (SparseConnectomeLinear) does not support torch.func transforms "
+                "(grad, vmap, jvp, jacrev, jacfwd): its custom ops have no functorch rules; use "
+                "torch.autograd.grad (per-sample gradients: a loop over the batch)"
+            )
+        if torch.autograd.forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(
+                "bionic_sparse.bsr_linear (SparseConnectomeLinear) has no forward-mode derivative "
+                "(torch.autograd.forward_ad, torch.func.jvp): use reverse mode"
+            )
+
+
+def _autocast(x: torch.Tensor, values: torch.Tensor):
+    """Follow autocast like ``nn.Linear``: inside an autocast region the product runs and returns in
+    the autocast dtype (the casts are differentiable), the ops themselves run with autocast off."""
+    device = x.device.type
+    if not (torch.is_autocast_enabled(device) and x.dtype.is_floating_point):
+        return x, values, contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(device)
+    return x.to(dtype), values.to(dtype), torch.autocast(device, enabled=False)
+
+
+def _seed(seed: int | torch.Tensor) -> torch.Tensor:
+    """The noise seed as the ops take it: a 0-dim int64 CPU tensor (an input of compiled graphs)."""
+    if isinstance(seed, torch.Tensor):
+        if seed.numel() != 1 or seed.dtype.is_floating_point:
+            raise TypeError(
+                f"noise_seed must be an int or a one-element integer tensor, got {seed.dtype} {tuple(seed.shape)}"
+            )
+        return seed.reshape(()).to("cpu", torch.int64)
+    return torch.tensor(int(seed), dtype=torch.int64)
 
 
 def _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate) -> None:
@@ -225,7 +269,7 @@ def plasticity_update(
         b = matrix.block_size
         corr = pre.new_empty(matrix.nnzb, b, b, dtype=torch.promote_types(pre.dtype, torch.float32))
         coo = (matrix.row, matrix.col, None, None)  # the raw presynaptic activity: no mask, no sign
-        ops.bsr_linear_dw(None, pre, values, *coo, post, None, corr, sigma=0.0, seed=0, multiplicative=True)
+        ops.bsr_linear_dw_corr(None, pre, values, *coo, post, None, corr, _seed(0), sigma=0.0, multiplicative=True)
         post_sq = post_moments(post)[1].to(corr.dtype)
         out = values if inplace else values.detach().clone()
         _apply(matrix, out, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate)

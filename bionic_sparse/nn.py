@@ -15,6 +15,7 @@ from .plasticity import NOISE_MODES, dense_plasticity, post_moments, update_rate
 __all__ = ["SparseConnectomeLinear", "MaskedLinear"]
 
 _INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
+_SEEDS_KEPT = 64  # seeds of recent forwards that activation checkpointing may recompute
 
 
 def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -> BlockSparseMatrix:
@@ -148,7 +149,10 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self.values = nn.Parameter(torch.empty(topo.nnzb, block_size, block_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
-        self.noise_step = 0
+        # NOTE: the step counter is a CPU tensor, so that a compiled forward takes the seed as an
+        # input instead of baking a new constant into every step's graph (one recompile per step)
+        self._noise_counter = torch.zeros((), dtype=torch.int64)
+        self._issued_seeds: list[torch.Tensor] = []  # for forwards recomputed by checkpointing
         self.last_pre: torch.Tensor | None = None
         self.last_post: torch.Tensor | None = None
         self.reset_parameters()
@@ -196,11 +200,31 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
                 self.bias.uniform_(-1.0, 1.0).mul_(bound)
             self.post_rate.zero_()
 
+    @property
+    def noise_step(self) -> int:
+        """Noisy training forwards so far: step ``k`` draws its noise with seed ``noise_seed + k``."""
+        return int(self._noise_counter)
+
+    @noise_step.setter
+    def noise_step(self, step: int) -> None:
+        self._noise_counter.fill_(int(step))
+
+    def _next_seed(self) -> torch.Tensor:
+        """The seed of this forward's noise (a 0-dim int64 CPU tensor). A forward that activation
+        checkpointing recomputes inside the backward pass gets the seed of the forward it repeats
+        (the latest one not yet recomputed), as dropout gets its random state back."""
+        recomputing = not torch.compiler.is_compiling() and torch._C._current_autograd_node() is not None
+        if recomputing and self._issued_seeds:
+            return self._issued_seeds.pop()
+        seed = self._noise_counter + self.noise_seed
+        self._noise_counter.add_(1)
+        if not torch.compiler.is_compiling():
+            self._issued_seeds = [*self._issued_seeds[-(_SEEDS_KEPT - 1) :], seed]
+        return seed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sigma = self.noise_sigma if self.training else 0.0
-        seed = self.noise_seed + self.noise_step
-        if sigma > 0:
-            self.noise_step += 1
+        seed = self._next_seed() if sigma > 0 else torch.zeros((), dtype=torch.int64)
         recording = self.record_activity and self.training
         fused = recording and torch.is_grad_enabled() and self.values.requires_grad
         matrix = self.matrix
@@ -252,12 +276,21 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
 
     def get_extra_state(self) -> dict:
         # The noise counters are part of the state: a layer restored from a checkpoint continues
-        # the noise sequence instead of replaying step 0's. Python ints (not buffers), so the
+        # the noise sequence instead of replaying step 0's. Kept on the CPU (not buffers), so the
         # forward pass never reads a device tensor back to the host.
         return {"noise_seed": self.noise_seed, "noise_step": self.noise_step}
 
     def set_extra_state(self, state: dict) -> None:
         self.noise_seed, self.noise_step = int(state["noise_seed"]), int(state["noise_step"])
+        self._issued_seeds = []
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The effective dense weight ``W * M * sign`` ``[out_features, in_features]``, for code
+        written for ``nn.Linear`` that reads ``.weight``: a new tensor computed from ``values``
+        (read-only in effect: writing into it changes nothing; change ``values`` instead)."""
+        with torch.no_grad():
+            return self.dense_weight()
 
     def _plastic_weight(self) -> torch.Tensor:
         return self.values

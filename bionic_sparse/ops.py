@@ -15,8 +15,11 @@ Arguments are validated one layer up, in :mod:`bionic_sparse.functional`.
 Plasticity in a training step: ``bsr_linear`` given a ``corr`` buffer also returns the activity
 statistics of ``post = y + post_bias`` from its forward pass, and its backward writes the Hebbian
 correlation into ``corr`` from the same tiles as the weight gradient (one pass); after the
-optimiser step ``bsr_plasticity_`` applies the update. Without a backward pass, ``bsr_linear_dw``
-without ``dy`` computes the correlation from recorded activities.
+optimiser step ``bsr_plasticity_`` applies the update. Without a backward pass,
+``bsr_linear_dw_corr`` without ``dy`` computes the correlation from recorded activities. The weight
+gradient is two ops, ``bsr_linear_dw`` (pure) and ``bsr_linear_dw_corr`` (writes ``corr``), so that
+a compiled training graph never holds a mutation of an absent tensor. The noise seed is a 0-dim
+int64 CPU tensor: compiled graphs take it as an input instead of baking a new constant per step.
 """
 
 from typing import Optional
@@ -26,7 +29,7 @@ from torch import Tensor
 
 from .backends import for_tensor
 
-__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_plasticity_"]
+__all__ = ["bsr_linear", "bsr_linear_dx", "bsr_linear_dw", "bsr_linear_dw_corr", "bsr_plasticity_"]
 
 
 @torch.library.custom_op("bionic_sparse::bsr_linear", mutates_args=())
@@ -43,10 +46,10 @@ def bsr_linear(
     sign: Optional[Tensor],
     post_bias: Optional[Tensor],
     corr: Optional[Tensor],
+    seed: Tensor,
     *,
     n_out: int,
     sigma: float,
-    seed: int,
     multiplicative: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(y[..., n_out], moments)``: ``y = x @ W_eff^T`` (DSD over the block rows; the bias is the
@@ -66,12 +69,12 @@ def bsr_linear(
         sign=sign,
         n_out=n_out,
         sigma=sigma,
-        seed=seed,
+        seed=int(seed),
         multiplicative=multiplicative,
         post_bias=post_bias,
         post_moments=moments if corr is not None else None,
     )
-    return y, moments
+    return (y.clone() if y._base is not None else y), moments  # never a view: in-place ops may follow
 
 
 def _moments_shape(corr: Optional[Tensor], n_out: int) -> tuple[int, ...]:
@@ -83,7 +86,7 @@ def _stats_dtype(t: Tensor) -> torch.dtype:
 
 
 @bsr_linear.register_fake
-def _(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr, *, n_out, **_):
+def _(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr, seed, *, n_out, **_):
     return x.new_empty(*x.shape[:-1], n_out), x.new_empty(*_moments_shape(corr, n_out), dtype=_stats_dtype(x))
 
 
@@ -96,10 +99,10 @@ def bsr_linear_dx(
     perm_t: Tensor,
     synapse_mask: Optional[Tensor],
     sign: Optional[Tensor],
+    seed: Tensor,
     *,
     n_in: int,
     sigma: float,
-    seed: int,
     multiplicative: bool,
 ) -> Tensor:
     """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward)."""
@@ -113,7 +116,7 @@ def bsr_linear_dx(
         sign=sign,
         n_in=n_in,
         sigma=sigma,
-        seed=seed,
+        seed=int(seed),
         multiplicative=multiplicative,
     )
 
@@ -123,8 +126,32 @@ def _(dy, values, *_, n_in, **__):
     return dy.new_empty(*dy.shape[:-1], n_in)
 
 
-@torch.library.custom_op("bionic_sparse::bsr_linear_dw", mutates_args=("corr",))
+@torch.library.custom_op("bionic_sparse::bsr_linear_dw", mutates_args=())
 def bsr_linear_dw(
+    dy: Tensor,
+    x: Tensor,
+    values: Tensor,
+    row: Tensor,
+    col: Tensor,
+    synapse_mask: Optional[Tensor],
+    sign: Optional[Tensor],
+    seed: Tensor,
+    *,
+    sigma: float,
+    multiplicative: bool,
+) -> Tensor:
+    """``dvalues[nnzb, b, b]`` on the stored blocks (zero off the synapse mask): the SDD of the
+    backward pass without plasticity (a pure op: what ``torch.compile`` training graphs hold)."""
+    return _dw(dy, x, values, row, col, synapse_mask, sign, None, None, None, sigma, seed, multiplicative)
+
+
+@bsr_linear_dw.register_fake
+def _(dy, x, values, *_, **__):
+    return torch.empty_like(values)
+
+
+@torch.library.custom_op("bionic_sparse::bsr_linear_dw_corr", mutates_args=("corr",))
+def bsr_linear_dw_corr(
     dy: Optional[Tensor],
     x: Tensor,
     values: Tensor,
@@ -132,18 +159,26 @@ def bsr_linear_dw(
     col: Tensor,
     synapse_mask: Optional[Tensor],
     sign: Optional[Tensor],
-    post: Optional[Tensor],
+    post: Tensor,
     post_bias: Optional[Tensor],
-    corr: Optional[Tensor],
+    corr: Tensor,
+    seed: Tensor,
     *,
     sigma: float,
-    seed: int,
     multiplicative: bool,
 ) -> Tensor:
-    """``dvalues[nnzb, b, b]`` on the stored blocks (zero off the synapse mask) and, given
-    ``corr``, the Hebbian correlation ``(post + post_bias)^T x / B`` written into it from the same
-    tiles. Without ``dy`` (plasticity without a backward pass) only the correlation is computed
-    and the returned tensor is empty."""
+    """:func:`bsr_linear_dw` fused with the Hebbian correlation ``(post + post_bias)^T x / B``,
+    written into ``corr`` from the same tiles. Without ``dy`` (plasticity without a backward pass)
+    only the correlation is computed and the returned tensor is empty."""
+    return _dw(dy, x, values, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative)
+
+
+@bsr_linear_dw_corr.register_fake
+def _(dy, x, values, *_, **__):
+    return torch.empty_like(values) if dy is not None else values.new_empty(0)
+
+
+def _dw(dy, x, values, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative) -> Tensor:
     dw = for_tensor(x).bsr_linear_dw(
         dy=dy,
         x=x,
@@ -154,7 +189,7 @@ def bsr_linear_dw(
         synapse_mask=synapse_mask,
         sign=sign,
         sigma=sigma,
-        seed=seed,
+        seed=int(seed),
         multiplicative=multiplicative,
         post=post,
         post_bias=post_bias,
@@ -163,13 +198,8 @@ def bsr_linear_dw(
     return values.new_empty(0) if dw is None else dw
 
 
-@bsr_linear_dw.register_fake
-def _(dy, x, values, *_, **__):
-    return torch.empty_like(values) if dy is not None else values.new_empty(0)
-
-
 def _setup_context(ctx, inputs, keyword_only_inputs, output):
-    x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr = inputs
+    x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias, corr, seed = inputs
     y, moments = output
     ctx.mark_non_differentiable(moments)
     ctx.n_inputs = len(inputs)
@@ -178,19 +208,30 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     ctx.corr = corr
     ctx.save_for_backward(x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias)
     ctx.post = y.detach() if corr is not None else None
-    ctx.noise = keyword_only_inputs  # sigma, seed, multiplicative (n_out is the output's width)
+    ctx.seed = seed
+    ctx.noise = keyword_only_inputs  # sigma, multiplicative (n_out is the output's width)
 
 
 def _backward(ctx, dy, _):
     x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias = ctx.saved_tensors
-    noise = {name: ctx.noise[name] for name in ("sigma", "seed", "multiplicative")}
+    noise = {name: ctx.noise[name] for name in ("sigma", "multiplicative")}
+    seed = ctx.seed
+    if torch.is_grad_enabled() and dy.requires_grad and not torch.compiler.is_compiling():
+        raise NotImplementedError(
+            "bionic_sparse.bsr_linear (SparseConnectomeLinear) has no second derivative: backward with "
+            "create_graph=True through it (gradient penalties, MAML) is not supported"
+        )
     # NOTE: y.sum().backward() hands in a stride-0 expanded dy; every backend reads it densely.
     dy = dy.contiguous()
     dx = dvalues = None
     if ctx.needs_input_grad[0]:
-        dx = bsr_linear_dx(dy, values, ccol_t, row_t, perm_t, synapse_mask, sign, n_in=x.shape[-1], **noise)
+        dx = bsr_linear_dx(dy, values, ccol_t, row_t, perm_t, synapse_mask, sign, seed, n_in=x.shape[-1], **noise)
     if ctx.needs_input_grad[1]:
-        dvalues = bsr_linear_dw(dy, x, values, row, col, synapse_mask, sign, ctx.post, post_bias, ctx.corr, **noise)
+        coo = (dy, x, values, row, col, synapse_mask, sign)
+        if ctx.corr is None:
+            dvalues = bsr_linear_dw(*coo, seed, **noise)
+        else:
+            dvalues = bsr_linear_dw_corr(*coo, ctx.post, post_bias, ctx.corr, seed, **noise)
     return (dx, dvalues) + (None,) * (ctx.n_inputs - 2)  # only x and values are differentiable
 
 

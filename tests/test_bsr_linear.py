@@ -108,25 +108,32 @@ def test_opcheck_every_op(cpu_method, with_mask):
     sign = torch.randn(24, dtype=torch.float64)
     dy = torch.randn(5, 40, dtype=torch.float64)
     corr = torch.zeros_like(m.values)
-    noise = dict(sigma=0.2, seed=3, multiplicative=True)
-    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, None, None), dict(n_out=40, **noise))
-    torch.library.opcheck(ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, bias, corr), dict(n_out=40, **noise))
+    noise = dict(sigma=0.2, multiplicative=True)
+    seed = torch.tensor(3)
+    torch.library.opcheck(
+        ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, None, None, seed), dict(n_out=40, **noise)
+    )
+    torch.library.opcheck(
+        ops.bsr_linear, (x, values, *idx, m.synapse_mask, sign, bias, corr, seed), dict(n_out=40, **noise)
+    )
     torch.library.opcheck(
         ops.bsr_linear,
-        (x, values, *idx, None, None, None, None),
-        dict(n_out=40, sigma=0.0, seed=3, multiplicative=False),
+        (x, values, *idx, None, None, None, None, seed),
+        dict(n_out=40, sigma=0.0, multiplicative=False),
     )
     transposed = (m.ccol_t, m.row_t, m.perm_t)
     torch.library.opcheck(
-        ops.bsr_linear_dx, (dy, values.detach(), *transposed, m.synapse_mask, sign), dict(n_in=24, **noise)
+        ops.bsr_linear_dx, (dy, values.detach(), *transposed, m.synapse_mask, sign, seed), dict(n_in=24, **noise)
     )
     coo = (m.row, m.col, m.synapse_mask, sign)
-    torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, None, None, None), noise)
-    torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, dy, bias, corr), noise)
+    torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, seed), noise)
+    torch.library.opcheck(ops.bsr_linear_dw_corr, (dy, x.detach(), values.detach(), *coo, dy, bias, corr, seed), noise)
     post = torch.randn(5, 40, dtype=torch.float64)
-    plain = dict(sigma=0.0, seed=0, multiplicative=True)  # correlation only, no gradient
+    plain = dict(sigma=0.0, multiplicative=True)  # correlation only, no gradient
     torch.library.opcheck(
-        ops.bsr_linear_dw, (None, x.detach(), values.detach(), m.row, m.col, None, None, post, None, corr), plain
+        ops.bsr_linear_dw_corr,
+        (None, x.detach(), values.detach(), m.row, m.col, None, None, post, None, corr, seed),
+        plain,
     )
     rate = torch.rand(40, dtype=torch.float64)
     torch.library.opcheck(

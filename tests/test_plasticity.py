@@ -181,13 +181,13 @@ def test_fused_training_step_matches_reference(cpu_method, monkeypatch, mode):
     kw = dict(eta=0.05, oja=1.0, target_rate=0.3, homeo_rate=0.2)
     post_ref, dvalues_ref, rate_ref, w_ref = _oracle_step(layer, x, g, 0.1, kw)
 
-    weight_gradient_pass = bs.ops.bsr_linear_dw
+    weight_gradient_pass = bs.ops.bsr_linear_dw_corr
 
     def no_second_pass(dy, *args, **kwargs):
         assert dy is not None, "the fused step must not recompute the correlation from the activities"
         return weight_gradient_pass(dy, *args, **kwargs)
 
-    monkeypatch.setattr(bs.ops, "bsr_linear_dw", no_second_pass)
+    monkeypatch.setattr(bs.ops, "bsr_linear_dw_corr", no_second_pass)
     y = layer(x)
     layer._record.corr.fill_(float("nan"))  # poisoned: the backward must write every entry
     (y * g).sum().backward()

@@ -280,7 +280,7 @@ def bsr_linear_fwd(
     check(post_bias is None or post_bias.shape == (n_out,), f"post_bias must have shape ({n_out},)")
     y = empty((M, n_out), x.dtype, x.device)
     if M == 0 or n_out == 0:
-        return y.view(*x.shape[:-1], n_out)
+        return y.resize_(*x.shape[:-1], n_out)
     w, msk, sig = _weights_for_tiles(values, synapse_mask, sigma, seed, multiplicative, M, x.dtype)
     launch(
         _bsr_linear_fwd_kernel,
@@ -315,7 +315,7 @@ def bsr_linear_fwd(
         MULTIPLICATIVE=multiplicative,
         PRECISION=input_precision(x.dtype),
     )
-    return y.view(*x.shape[:-1], n_out)
+    return y.resize_(*x.shape[:-1], n_out)
 
 
 def bsr_linear_dx(
@@ -342,7 +342,7 @@ def bsr_linear_dx(
     check_index("perm_t", perm_t, values.shape[0])
     dx = empty((M, n_in), dy.dtype, dy.device)
     if M == 0 or n_in == 0:
-        return dx.view(*dy.shape[:-1], n_in)
+        return dx.resize_(*dy.shape[:-1], n_in)
     w, msk, sig = _weights_for_tiles(values, synapse_mask, sigma, seed, multiplicative, M, dy.dtype)
     launch(
         _bsr_linear_bwd_dx_kernel,
@@ -374,4 +374,4 @@ def bsr_linear_dx(
         MULTIPLICATIVE=multiplicative,
         PRECISION=input_precision(dy.dtype),
     )
-    return dx.view(*dy.shape[:-1], n_in)
+    return dx.resize_(*dy.shape[:-1], n_in)

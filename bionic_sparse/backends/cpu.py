@@ -283,6 +283,16 @@ def _segment_ids(ptr: torch.Tensor, n_entries: int) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(counts.numel(), device=ptr.device), counts, output_size=n_entries)
 
 
+def _shaped(t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``t`` in ``shape`` as a tensor of its own, not a view: an op's output that is a view cannot
+    be modified in place after the layer (``ReLU(inplace=True)``, ``h += x``). Contiguous
+    results are reshaped in place (no copy)."""
+    t = t.contiguous()
+    if t._base is not None:
+        t = t.clone()
+    return t.resize_(shape)
+
+
 def _flatten(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-1])
 
@@ -397,7 +407,7 @@ def bsr_linear_fwd(
     y = y.contiguous()
     if post_moments is not None:
         post_moments.copy_(plasticity.post_moments(y if post_bias is None else y + post_bias.to(y.dtype)))
-    return y.view(*x.shape[:-1], n_out)
+    return _shaped(y, (*x.shape[:-1], n_out))
 
 
 def bsr_linear_dx(
@@ -435,15 +445,15 @@ def bsr_linear_dx(
         if method == "csr":
             order, ptr, rows = syn.csr_t(n_in)
             dx = _csr(ptr, rows, w_syn[order], n_in, n_out) @ dy2d.t()
-            return dx.t().contiguous().view(*dy.shape[:-1], n_in)
+            return _shaped(dx.t(), (*dy.shape[:-1], n_in))
         dx = dy2d @ _scatter_dense(w_syn, syn.dense(n_out, n_in), n_out, n_in, dy2d.dtype)
-        return dx.view(*dy.shape[:-1], n_in)
+        return _shaped(dx, (*dy.shape[:-1], n_in))
     row, col = coords()
     w = _effective(values, synapse_mask, sigma, seed, multiplicative, syn).to(dy2d.dtype)
     dx = _block_product(w.transpose(1, 2), dy2d, row, col, n_out, n_in, method)
     if sign is not None:
         dx = dx * sign.to(dx.dtype)
-    return dx.contiguous().view(*dy.shape[:-1], n_in)
+    return _shaped(dx, (*dy.shape[:-1], n_in))
 
 
 def bsr_linear_dw(

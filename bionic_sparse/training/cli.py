@@ -34,7 +34,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 # flags copied onto TrainConfig fields of the same name when given
 _OVERRIDES = (
     "data", "epochs", "batch_size", "lr", "seed", "device", "amp", "tta", "out", "quick",
-    "train_images", "holdout", "select_on", "resume", "overwrite", "allow_code_change", "tensorboard",
+    "train_images", "holdout", "select_on", "resume", "overwrite", "allow_code_change", "tensorboard", "compile",
 )  # fmt: skip
 
 
@@ -53,6 +53,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int)
     ap.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     ap.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
+    ap.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the training step (default inductor)"
+    )
     ap.add_argument("--tta", action="store_true", default=None, help="also evaluate with ten-crop TTA at the end")
     ap.add_argument("--out", help="output directory (default runs/fer/<model>-seed<k>)")
     ap.add_argument("--quick", action="store_true", default=None, help="first 300 images per split, one epoch")
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             cfg = config_from_args(argv, prog)
             require_train_extra()
             from .trainer import Run
+
             threads = build_parser(prog).parse_args(argv).threads
             if threads is not None:
                 if threads < 1:

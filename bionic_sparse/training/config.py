@@ -30,6 +30,7 @@ class TrainConfig:
     augment: bool = True
     tta: bool = False  # also evaluate with ten-crop test-time augmentation at the end (extra columns)
     amp: bool = False  # bf16 autocast on CUDA
+    compile: bool = False  # torch.compile the training forward (default inductor backend)
     seed: int = 0
     device: str = "auto"
     data: str | None = None

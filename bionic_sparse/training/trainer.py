@@ -346,6 +346,8 @@ class Run:
 
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_factor)
         self.net = torch.nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        if cfg.compile:  # the training forward (and its backward); evaluation stays eager
+            self.net = torch.compile(self.net)
 
     def _restore(self) -> None:
         if not os.path.exists(self.last_path):

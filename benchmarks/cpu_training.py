@@ -37,10 +37,10 @@ def synthetic_data(n_train: int, seed: int = 0) -> FER2013:
     return FER2013(images=images, labels=labels, source="synthetic")
 
 
-def make_run(model: str, batches: int, out: str, config: str = CPU_CONFIG, seed: int = 0) -> Run:
+def make_run(model: str, batches: int, out: str, config: str = CPU_CONFIG, seed: int = 0, **overrides) -> Run:
     """A trainer run of ``model`` ("bionic" or "baseline") whose epoch is ``batches`` steps."""
     d = load_config_file(config)
-    d.update(model=model, out=out, seed=seed, device="cpu", epochs=1000)
+    d.update(model=model, out=out, seed=seed, device="cpu", epochs=1000, **overrides)
     cfg = TrainConfig.from_dict(d)
     return Run.setup(cfg, synthetic_data(batches * cfg.batch_size, seed))
 

@@ -187,3 +187,27 @@ def test_cpu_two_jobs_vs_one(benchmark):
         ratio_two_over_one=two / one,
     )
     benchmark.extra_info["environment"] = environment()
+
+
+def test_cpu_train_step_eager_vs_compile(benchmark, tmp_path, one_thread):
+    """(e) what ``--compile`` buys for a BioNIC step on the CPU (compilation in the warm-up epoch)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    batches, rounds = 8, 5
+    runs = {c: make_run("bionic", batches, str(tmp_path / c), compile=c == "compile") for c in ("eager", "compile")}
+    timings: dict[str, list[dict]] = {c: [] for c in runs}
+    warmup = {c: time_epoch(run, 0) for c, run in runs.items()}
+    epoch = iter(range(10**6))
+
+    def alternate():
+        e = next(epoch) + 1
+        for c, run in runs.items():
+            timings[c].append(time_epoch(run, e))
+
+    benchmark.pedantic(alternate, rounds=rounds, iterations=1)
+    info = {c: {"step_cpu_ms": 1e3 * _median(rows, "cpu_s") / batches} for c, rows in timings.items()}
+    info["compile_warmup_epoch_wall_s"] = warmup["compile"]["wall_s"]
+    info["ratio_compile_over_eager"] = info["compile"]["step_cpu_ms"] / info["eager"]["step_cpu_ms"]
+    benchmark.extra_info.update(case="e", batch=64, config="configs/fer-cpu.json", **info)
+    benchmark.extra_info["environment"] = environment()

@@ -380,11 +380,18 @@ class Run:
             }
             if theirs.get("data"):
                 theirs["data"] = os.path.abspath(theirs["data"])
-            mine = {k: v for k, v in mine.items() if k in theirs}
+            mine_all, mine = mine, {k: v for k, v in mine.items() if k in theirs}
+            mine.setdefault("code_revision", mine_all["code_revision"])
+            theirs.setdefault("code_revision", mine_all["code_revision"])  # unknown: not compared
             print(f"note: {self.last_path} predates run identities: only its config is checked")
         changed = identity_changes(theirs, mine)
         code = [c for c in changed if c.startswith("code_revision ")]
-        if code and self.cfg.allow_code_change:
+        if "identity" not in ckpt:  # which code trained the first epochs is not on record
+            self.code_revisions = [
+                {"code_revision": "unknown (checkpoint predates revision records)", "from_epoch": 1},
+                {"code_revision": mine.get("code_revision", code_revision()), "from_epoch": ckpt["epoch"] + 2},
+            ]
+        elif code and self.cfg.allow_code_change:
             changed = [c for c in changed if c not in code]
             self.code_revisions = ckpt.get(
                 "code_revisions", [{"code_revision": theirs.get("code_revision"), "from_epoch": 1}]

@@ -101,13 +101,18 @@ def _philox4x32_numpy(seed: int, offset: np.ndarray, n_rounds: int, n_words: int
         stop = min(n, start + _CHUNK)
         _philox_chunk(seed, offset[start:stop], n_rounds, [w[start:stop] for w in words])
 
-    starts = range(0, n, _CHUNK)
+    _in_chunks(work, n, _CHUNK)
+    return words
+
+
+def _in_chunks(work, n: int, chunk: int) -> None:
+    """``work(start)`` for every chunk of ``[0, n)``, on the thread pool when torch may use threads."""
+    starts = range(0, n, chunk)
     if len(starts) <= 1 or torch.get_num_threads() <= 1:
         for start in starts:
             work(start)
     else:
         list(_pool().map(work, starts))
-    return words
 
 
 _executor: ThreadPoolExecutor | None = None
@@ -181,12 +186,7 @@ def _uniforms_native(seed: int, offset: torch.Tensor) -> tuple[torch.Tensor, tor
         m = min(n, start + _NATIVE_CHUNK) - start
         fn(seed, offset.data_ptr() + 8 * start, m, u1.data_ptr() + 4 * start, theta.data_ptr() + 4 * start)
 
-    starts = range(0, n, _NATIVE_CHUNK)
-    if len(starts) <= 1 or torch.get_num_threads() <= 1:
-        for start in starts:
-            work(start)
-    else:
-        list(_pool().map(work, starts))
+    _in_chunks(work, n, _NATIVE_CHUNK)
     return u1, theta
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import bionic_sparse as bs
 
-from .conftest import make_mask
+from .conftest import interpreter_enabled, make_mask
 
 
 def _layer(bias: bool = True, noise: float = 0.0, sign: bool = False, seed: int = 0, **kw) -> bs.SparseConnectomeLinear:
@@ -138,3 +138,23 @@ def test_default_torch_compile_trains_with_noise_and_plasticity_without_recompil
     torch.testing.assert_close(torch.stack(got), torch.stack(ref), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(comp.values, eager.values, rtol=1e-4, atol=1e-5)
     assert comp.noise_step == eager.noise_step == 5
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set by conftest without CUDA)")
+def test_triton_backend_in_place_after_the_layer_and_checkpointed_noise(monkeypatch):
+    """The same two items on the Triton backend (kernels under the interpreter, b = 16)."""
+    from torch.utils.checkpoint import checkpoint
+
+    pytest.importorskip("triton")
+    monkeypatch.setenv("BIONIC_SPARSE_BACKEND", "triton")
+    torch.manual_seed(0)
+    mask = make_mask(32, 48, 16, 0.7, 0.6, seed=2)
+    layer = bs.SparseConnectomeLinear(48, 32, mask=mask, block_size=16, bias=False, noise_sigma=0.3).train()
+    x = torch.randn(4, 48, requires_grad=True)
+    nn.Sequential(layer, nn.ReLU(inplace=True))(x).sum().backward()
+    ckpt = copy.deepcopy(layer)
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    checkpoint(ckpt, x.detach().requires_grad_(), use_reentrant=True).square().sum().backward()
+    assert torch.allclose(ckpt.values.grad, layer.values.grad, rtol=1e-5, atol=1e-6)

@@ -158,3 +158,24 @@ def test_triton_backend_in_place_after_the_layer_and_checkpointed_noise(monkeypa
     layer(x).square().sum().backward()
     checkpoint(ckpt, x.detach().requires_grad_(), use_reentrant=True).square().sum().backward()
     assert torch.allclose(ckpt.values.grad, layer.values.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.interpreter
+@pytest.mark.skipif(not interpreter_enabled(), reason="needs TRITON_INTERPRET=1 (set by conftest without CUDA)")
+def test_triton_backend_under_compile_and_autocast(monkeypatch):
+    """Default torch.compile and fp16 autocast with the Triton kernels (interpreter; its bf16 dot
+    is broken, so fp16): the same graph every step, outputs in the autocast dtype."""
+    import torch._dynamo
+
+    pytest.importorskip("triton")
+    monkeypatch.setenv("BIONIC_SPARSE_BACKEND", "triton")
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mask = make_mask(32, 48, 16, 0.7, 0.6, seed=3)
+    layer = bs.SparseConnectomeLinear(48, 32, mask=mask, block_size=16, noise_sigma=0.2).train()
+    compiled = torch.compile(layer, fullgraph=True)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(3):
+            compiled(torch.randn(4, 48)).sum().backward()
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert layer(torch.randn(4, 48)).dtype == torch.float16

@@ -165,6 +165,7 @@ def _junk(path, content: bytes):
         ("junk.npz", lambda p: _junk(p, b"\x80\x04 not an archive at all" * 10), "not a FER-2013 .npz cache"),
         ("junk.zip", lambda p: _junk(p, b"PK not really a zip"), "not a readable zip"),
         ("other.zip", None, "expected one image-folder tree"),
+        ("text.zip", None, "not an image format Pillow knows"),
     ],
 )
 def test_unusable_files_raise_one_line_data_errors(tmp_path, name, make, match):
@@ -177,12 +178,18 @@ def test_unusable_files_raise_one_line_data_errors(tmp_path, name, make, match):
 
         with zipfile.ZipFile(path, "w") as zf:
             zf.writestr("images/a.png", b"x")
+    elif name == "text.zip":  # a text file among the images: its message names the entry, not a buffer
+        import zipfile
+
+        write_fer_zip(str(path), n_per_class_split=1)
+        with zipfile.ZipFile(path, "a") as zf:
+            zf.writestr("train/angry/Training_99999.jpg", b"notes, not an image")
     else:
         make(path)
     with pytest.raises(DataError, match=match) as e:
         load_fer2013(str(path))
     msg = str(e.value)
-    assert str(path) in msg and "\n" not in msg and len(msg) < 400
+    assert str(path) in msg and "\n" not in msg and len(msg) < 400 and "BytesIO" not in msg
 
 
 def test_missing_path_explains_where_to_get_the_data(tmp_path):

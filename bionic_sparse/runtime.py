@@ -1,8 +1,10 @@
 """The process a run lives in: CPU threads, the OpenMP wait policy, and what a result depends on.
 
 Threads. Two training processes on two cores, each with two OpenMP threads that spin while they
-wait (the GNU OpenMP default), ran a BioNIC step 12x slower than one process alone on the 2-core
-CI machine; with ``OMP_WAIT_POLICY=PASSIVE``, or one thread per process, the collapse is gone.
+wait (the GNU OpenMP default), collapse (a BioNIC step 12x slower than one process alone, as
+reported in the CPU-speed issue); with ``OMP_WAIT_POLICY=PASSIVE`` and one thread per process, two
+jobs together train 1.44x the images/s of one job with both threads (measured:
+``benchmarks/test_bench_cpu_training.py``, case d).
 OpenMP reads the policy when torch loads, so it has to be in the environment before the process
 starts: :func:`child_env` gives the environment of a job that shares the machine with ``jobs - 1``
 others (``cores / jobs`` threads, passive waiting), and :func:`reexec_with_passive_wait` restarts

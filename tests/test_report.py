@@ -48,7 +48,7 @@ def test_table_and_figures_from_both_folder_layouts(tmp_path, capsys):
     assert [r["seed"] for r in groups["full"]] == [0, 1, 2] and len(groups["extra"]) == 1
     lines = accuracy_table(groups).splitlines()
     full = next(line for line in lines if line.startswith("| full |"))
-    assert "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | 51.00 ± 2.00 | 3.0 | 100 | Test CPU (2 cores) |" in full
+    assert "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | - | 51.00 ± 2.00 | 3.0 | 100 | Test CPU (2 cores) |" in full
     extra = next(line for line in lines if line.startswith("| extra |"))
     assert "| 30.00 ± 0.00 | - |" in extra  # no ten-crop column in that run
     assert main([str(tmp_path), "--out", str(tmp_path / "rep"), "--models", "full", "baseline"]) == 0

@@ -478,7 +478,8 @@ def bsr_linear_dw(
     x2d = _flatten(x)
     batch = x2d.shape[0]
     # [dy | post]^T x for every stored block or synapse: the gradient (its sign applied afterwards,
-    # exact as the sign is one per input column) and the correlation, from the same pass over x
+    # exact as the sign is one per input column) and the correlation; blockT and dense do both in
+    # one product, csr in two sampled products (each touches only the synapses)
     outs = []
     if dy is not None:
         outs.append(("grad", _flatten(dy).to(x2d.dtype)))

@@ -161,8 +161,8 @@ def _box_muller(u1: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """``sqrt(-2 log u1) * cos(theta)`` in float32, in place in ``u1`` (consumed) and ``theta``.
 
     NOTE: torch's ops in the order of the first version, so the bits are unchanged (torch's float32
-    log, sqrt and cos are not correctly rounded: a compiled version would differ in ~14 % of the
-    values); in place this runs at ~200 M normals per CPU-second on the 2-core CI machine."""
+    log, sqrt and cos are not correctly rounded: its sqrt alone differs from the correctly rounded
+    one in ~14 % of values); in place this runs at ~200 M normals per CPU-second on the 2-core CI machine."""
     return u1.log_().mul_(-2.0).sqrt_().mul_(theta.cos_())
 
 

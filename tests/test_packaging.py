@@ -121,3 +121,18 @@ def test_every_package_folder_is_declared():
     }
     assert found <= declared, f"not declared in pyproject.toml: {sorted(found - declared)}"
     assert "bionic_sparse.triton_kernels" in declared
+
+
+def test_the_c_sources_ship_in_the_wheel():
+    """The compiled noise generator is built from a .c file at run time: it must be package data
+    (without it an installed package silently runs the slower numpy generator)."""
+    import fnmatch
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        patterns = tomllib.load(f)["tool"]["setuptools"]["package-data"]["bionic_sparse"]
+    sources = [
+        os.path.relpath(p, os.path.join(ROOT, "bionic_sparse"))
+        for p in glob.glob(os.path.join(ROOT, "bionic_sparse", "csrc", "*.c"))
+    ]
+    assert sources and all(any(fnmatch.fnmatch(s, pat) for pat in patterns) for s in sources)

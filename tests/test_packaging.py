@@ -127,6 +127,7 @@ def test_the_c_sources_ship_in_the_wheel():
     """The compiled noise generator is built from a .c file at run time: it must be package data
     (without it an installed package silently runs the slower numpy generator)."""
     import fnmatch
+
     import tomllib
 
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:

@@ -22,6 +22,16 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({type(value).__name__})"
 
 
+def _from_string(value: Any, parse: type, what: str, where: str) -> Any:
+    """A number written as a string, parsed whole (``"5"``, ``"2e-3"``); other values unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse(value.strip())
+    except ValueError:
+        raise ValueError(f"{where}: expected {what}, got {_describe(value)}") from None
+
+
 def coerce(value: Any, kind: Any, where: str) -> Any:
     """``value`` as type ``kind`` (int, float, bool, str, ``X | None``, ``tuple[X, ...]``, dict)."""
     origin = typing.get_origin(kind)
@@ -41,22 +51,14 @@ def coerce(value: Any, kind: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where}: expected true or false, got {_describe(value)}")
     if kind is int:
-        if isinstance(value, str):
-            try:
-                value = int(value.strip())
-            except ValueError:
-                raise ValueError(f"{where}: expected an integer, got {_describe(value)}") from None
+        value = _from_string(value, int, "an integer", where)
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{where}: expected an integer, got {_describe(value)}")
         return value
     if kind is float:
-        if isinstance(value, str):
-            try:
-                value = float(value.strip())
-            except ValueError:
-                raise ValueError(f"{where}: expected a number, got {_describe(value)}") from None
+        value = _from_string(value, float, "a number", where)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{where}: expected a number, got {_describe(value)}")
         if not math.isfinite(value):

@@ -192,3 +192,43 @@ def test_fer_runs_script_makes_the_table(tiny_csv, tmp_path):
     assert (tmp_path / "fer" / "learning_curves.png").exists() and (
         tmp_path / "fer" / "confusion_best_full.png"
     ).exists()
+
+
+def _fake_run(root, variant: str, seed: int, acc: float, history: list[dict]) -> None:
+    out = root / variant / f"seed{seed}"
+    out.mkdir(parents=True)
+    result = {"private_test": {"accuracy": acc}, "public_test": {"accuracy": acc}, "epochs": 1, "history": history}
+    (out / "results.json").write_text(json.dumps(result))
+
+
+def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, capsys):
+    """``--report``: the report of a grid run over several calls (or of committed runs), running
+    nothing; each run's probe columns give the size of the Hebbian and homeostatic terms."""
+    from bionic_sparse.training.ablation import main
+
+    probe = {"hebbian_over_opt_l1": 0.1, "hebbian_over_opt_l2": 0.3, "homeostatic_over_opt_l1": 0.02}
+    _fake_run(tmp_path, "full", 0, 0.60, [{**probe, "seconds": 1.0}, {**probe, "seconds": 1.0}])
+    _fake_run(tmp_path, "full", 1, 0.62, [{**probe, "seconds": 1.0}])
+    no_hebbian = {"hebbian_over_opt_l1": 1e-7, "homeostatic_over_opt_l1": 0.03, "seconds": 1.0}
+    _fake_run(tmp_path, "no_hebbian", 0, 0.59, [no_hebbian])
+    _fake_run(tmp_path, "baseline", 0, 0.58, [{"seconds": 1.0}])  # no probe columns
+    assert main(["--report", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| full | 2 | 61.00 ± 1.41 | - | - |" in out
+    assert "4 runs finished, 0 failed, 24 not run yet" in out
+    assert "| full | 0.2 | 0.02 |" in out and "| no_hebbian | 1e-07 | 0.03 |" in out
+    assert "| baseline |" not in out.split("Size of each plasticity term")[1]
+    with open(tmp_path / "ablations.csv") as f:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    assert rows[("full", "0")]["hebbian_over_opt"] == "0.2" and rows[("baseline", "0")]["hebbian_over_opt"] == ""
+    assert rows[("unsigned", "0")]["status"] == "not run"
+    assert (tmp_path / "ablations.png").exists()
+    assert not (tmp_path / "unsigned").exists()  # nothing was run
+
+
+def test_report_only_of_a_missing_folder_is_one_error_line(tmp_path, capsys):
+    from bionic_sparse.training.ablation import main
+
+    assert main(["--report", "--out", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]

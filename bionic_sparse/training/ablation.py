@@ -34,7 +34,7 @@ from .config import load_config_file
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-__all__ = ["VARIANTS", "RunSpec", "run_ablations", "summarize", "main"]
+__all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plasticity_sizes", "main"]
 
 # name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -143,6 +143,24 @@ def run_ablations(
     return rows
 
 
+def report(out: str, seeds: list[int], variants: list[str] | None = None) -> list[dict]:
+    """The report of the runs already in ``out`` (a grid run over several calls, a folder of
+    committed runs), running nothing: finished runs are read, the others listed as ``not run``."""
+    names = variants or list(VARIANTS)
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if not os.path.isdir(out):
+        raise FileNotFoundError(f"--out {out!r} is not a folder of runs")
+    specs = [RunSpec(v, s, os.path.join(out, v, f"seed{s}")) for v in names for s in seeds]
+    rows = [
+        {"variant": sp.variant, "seed": sp.seed, "status": "done" if sp.done else "not run", "seconds": None}
+        for sp in specs
+    ]
+    summarize(out, specs, rows)
+    return rows
+
+
 def _gpu_count() -> int:
     try:
         import torch
@@ -189,6 +207,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 epochs=r["epochs"],
                 train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
             )
+        rec.update(plasticity_sizes(r["history"] if spec.done else []))
         records.append(rec)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "ablations.csv"), "w", newline="") as f:
@@ -218,6 +237,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
         for acc in per_metric.values():
             cells += _stats_cells(acc.get(variant, {}), acc.get("full", {}), variant == "full")
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _plasticity_table(records, variants)
     failed = [f"{r['variant']}/seed{r['seed']}: {r['status']}" for r in records if r["status"].startswith("failed")]
     if failed:
         lines += ["", "Failed runs (see their run.log; the next call runs them again): " + ", ".join(failed)]
@@ -226,6 +246,49 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
         f.write(md + "\n")
     _bar_chart(os.path.join(out, "ablations.png"), per_metric)
     return md
+
+
+# the probe's columns in metrics.csv (per layer l<i>) -> the report's column (mean over layers, epochs)
+PLASTICITY_TERMS = {"hebbian_over_opt": "hebbian_over_opt", "homeostatic_over_opt": "homeostatic_over_opt"}
+
+
+def plasticity_sizes(history: list[dict]) -> dict[str, str]:
+    """How far each plasticity term moved the connectome weights relative to the optimiser in one
+    run: the mean over its layers and epochs of the probe's ``<term>_l<i>`` columns (``""`` when the
+    run logged none: the baseline, a run without plasticity or from before the probe)."""
+    out = {}
+    for term, column in PLASTICITY_TERMS.items():
+        vals = [
+            float(v)
+            for h in history
+            for k, v in h.items()
+            if k.startswith(term + "_l") and v not in ("", None) and float(v) == float(v)
+        ]
+        out[column] = f"{statistics.mean(vals):.4g}" if vals else ""
+    return out
+
+
+def _plasticity_table(records: list[dict], variants: list[str]) -> list[str]:
+    """Markdown lines: per variant, the mean over seeds of each plasticity term's size."""
+    rows = []
+    for variant in variants:
+        cells = []
+        for column in PLASTICITY_TERMS.values():
+            vals = [float(r[column]) for r in records if r["variant"] == variant and r.get(column, "") != ""]
+            cells.append(f"{statistics.mean(vals):.3g}" if vals else "-")
+        if any(c != "-" for c in cells):
+            rows.append(f"| {variant} | " + " | ".join(cells) + " |")
+    if not rows:
+        return []
+    return [
+        "",
+        "Size of each plasticity term relative to the optimiser's update (||term|| / ||optimiser step||"
+        " of the connectome weights, mean over layers, epochs and seeds; 0 when the term is off):",
+        "",
+        "| variant | Hebbian / optimiser | homeostatic / optimiser |",
+        "|---|---|---|",
+        *rows,
+    ]
 
 
 def _stats_cells(vals: dict[int, float], full: dict[int, float], is_full: bool) -> list[str]:
@@ -299,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="each run: first 300 images per split, one epoch")
     ap.add_argument("--list", action="store_true", help="print the variants and exit")
     ap.add_argument(
+        "--report",
+        action="store_true",
+        help="write ablations.csv/.md/.png from the finished runs in --out and exit (runs nothing)",
+    )
+    ap.add_argument(
         "--allow-code-change",
         action="store_true",
         help="resume interrupted runs that other code started (each results.json lists the revisions)",
@@ -325,7 +393,10 @@ def main(argv: list[str] | None = None) -> int:
             base["allow_code_change"] = True
         base.pop("out", None)
         base.pop("seed", None)
-        rows = run_ablations(args.out, base, args.seeds, args.variants, jobs=args.jobs)
+        if args.report:
+            rows = report(args.out, args.seeds, args.variants)
+        else:
+            rows = run_ablations(args.out, base, args.seeds, args.variants, jobs=args.jobs)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -342,7 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     written = [
         n for n in ("ablations.csv", "ablations.md", "ablations.png") if os.path.exists(os.path.join(args.out, n))
     ]
-    print(f"{len(rows) - len(failed)} runs finished, {len(failed)} failed -> {args.out}/: {', '.join(written)}")
+    finished = sum(r["status"].startswith("done") for r in rows)
+    missing = sum(r["status"] == "not run" for r in rows)
+    print(
+        f"{finished} runs finished, {len(failed)} failed"
+        + (f", {missing} not run yet" if missing else "")
+        + f" -> {args.out}/: {', '.join(written)}"
+    )
     return 1 if failed else 0
 
 

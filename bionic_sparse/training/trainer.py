@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
 from ..models.bionic import BioNIC, ConventionalBaseline
+from ..plasticity import row_scale
 from ..runtime import code_revision, environment
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .config import NON_IDENTITY_FIELDS, TrainConfig
@@ -54,17 +55,28 @@ PLASTICITY_PROBE_EVERY = 50
 
 class PlasticityProbe:
     """How far plasticity moves each connectome layer's weights relative to the optimiser, in one
-    step: ``plastic_over_opt_l<i>`` = ||W after plasticity - W after the optimiser|| /
-    ||W after the optimiser - W before it|| (Frobenius, over the stored weights; the plasticity
-    side includes the Dale projection, which is zero when the optimiser kept the signs).
+    step (Frobenius norms over the stored weights, per layer ``i``):
+
+    - ``plastic_over_opt_l<i>`` = ||W2 - W1|| / ||W1 - W0||: everything after the optimiser
+      (W0 before it, W1 after it, W2 after the Dale projection and the plasticity step);
+    - ``hebbian_over_opt_l<i>`` = ||W2 / s - Wc|| / ||W1 - W0||: the Hebbian (Oja) term alone,
+      where Wc is W1 projected (Dale signs, synapse mask) and ``s`` each row's homeostatic scale;
+    - ``homeostatic_over_opt_l<i>`` = ||W2 - W2 / s|| / ||W1 - W0||: the synaptic scaling alone
+      (exactly 0 when homeostasis is off).
+
+    The rule is ``W2 = ((Wc + eta (C - oja q W)) s)`` with sign flips stopped at zero, so the
+    three parts (projection ``Wc - W1``, Hebbian, homeostatic) add up to ``W2 - W1``.
 
     NOTE: a term that moves the weights by 1e-5 of what the gradient does cannot show in an
-    ablation; this column (per epoch, the mean over probed steps) says which ones can. Hebbian and
-    homeostatic parts are told apart by the grid's no_hebbian / no_homeostasis runs.
+    ablation; these columns (per epoch, the mean over probed steps) say which ones can.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         layers = model.connectome_layers() if hasattr(model, "connectome_layers") else []
+        cfg = getattr(model, "cfg", None)
+        self.layers = layers
+        self.target_rate = getattr(cfg, "target_rate", 0.1)
+        self.homeo_rate = getattr(cfg, "homeostasis_rate", 0.0) if getattr(model, "plastic", False) else 0.0
         self.weights = [layer._plastic_weight() for layer in layers]
         self.before = [w.detach().clone() for w in self.weights]
 
@@ -73,10 +85,39 @@ class PlasticityProbe:
 
     def after_plasticity(self) -> dict[str, float]:
         out = {}
-        for i, (w0, w1, w) in enumerate(zip(self.before, self.after_opt, self.weights, strict=True), start=1):
+        parts = zip(self.layers, self.before, self.after_opt, self.weights, strict=True)
+        for i, (layer, w0, w1, w) in enumerate(parts, start=1):
             opt = float((w1 - w0).norm())
-            out[f"plastic_over_opt_l{i}"] = float((w.detach() - w1).norm()) / opt if opt > 0 else float("nan")
+            w2 = w.detach()
+            # the rate the rule used is the one in the buffer now (it is updated before the weights)
+            scale = row_scale(layer.post_rate, self.target_rate, self.homeo_rate)
+            unscaled = w2 if scale is None else w2 / _rows_like(layer, scale).to(w2.dtype)
+            projected = w1.clamp(min=0.0) if getattr(layer, "sign", None) is not None else w1
+            # the layer's constrain_(), out of place: the block layer keeps a synapse mask over its
+            # stored slots (None: all are synapses), the dense-masked one a mask over the matrix
+            mask = getattr(layer, "synapse_mask", None) if hasattr(layer, "matrix") else getattr(layer, "mask", None)
+            if mask is not None:
+                projected = projected * mask
+            ratios = {
+                "plastic_over_opt": float((w2 - w1).norm()),
+                "hebbian_over_opt": float((unscaled - projected).norm()),
+                "homeostatic_over_opt": float((w2 - unscaled).norm()),
+            }
+            for name, size in ratios.items():
+                out[f"{name}_l{i}"] = size / opt if opt > 0 else float("nan")
         return out
+
+
+def _rows_like(layer: torch.nn.Module, per_row: torch.Tensor) -> torch.Tensor:
+    """A per-output-unit vector ``[out_features]`` broadcast to the layer's plastic weight: ``[out, 1]``
+    for a dense ``weight``, ``[nnzb, b, 1]`` for stored blocks (padding rows get 1)."""
+    weight = layer._plastic_weight()
+    if weight.dim() == 2:
+        return per_row[:, None]
+    m = layer.matrix
+    b = m.block_size
+    padded = F.pad(per_row, (0, m.n_block_rows * b - per_row.numel()), value=1.0)
+    return padded.view(-1, b)[m.row.long()][:, :, None]
 
 
 def resolve_device(name: str, amp: bool = False) -> torch.device:

@@ -1,5 +1,6 @@
-"""The CPU synaptic-noise generator: bit-identical to the values of its first version (pinned),
-compiled (C Philox) and fallback (numpy) alike, and usable on a machine without a C compiler."""
+"""The CPU synaptic-noise generator: equal to the values of its first version (pinned) to float32
+rounding of torch's log/cos, compiled (C Philox) and fallback (numpy) bit for bit alike, and usable
+on a machine without a C compiler."""
 
 from __future__ import annotations
 
@@ -28,6 +29,23 @@ def fresh_native(monkeypatch, tmp_path):
     _native.reset()
 
 
+# The pinned values were made on an AMD EPYC. Box-Muller runs in torch's float32 log/sqrt/cos, which
+# call MKL's vector maths, and MKL takes another code path on Intel CPUs: on an Intel Xeon (AVX-512)
+# 141 of the 768 values are 1-2 ulps away (the Philox words and uniforms are integer maths, exact
+# everywhere). A wrong counter, key or uniform changes a value completely, so a few ulps still pin
+# the generator; on the CPU kind they were made on they are equal bit for bit.
+PINNED_ULPS = 4
+
+
+def _ulps(got: torch.Tensor, bits: list[int]) -> int:
+    """Largest distance in float32 ulps between ``got`` and the pinned bit patterns (same signs)."""
+    ints = got.view(torch.int32).to(torch.int64)
+    pinned = torch.tensor(bits, dtype=torch.int64)
+    if not torch.equal(ints < 0, pinned < 0):
+        return 2**31
+    return int((ints - pinned).abs().max())
+
+
 @pytest.mark.parametrize("impl", ["native", "numpy"])
 def test_normals_equal_the_pinned_values(monkeypatch, impl):
     pinned = _pinned()
@@ -35,8 +53,7 @@ def test_normals_equal_the_pinned_values(monkeypatch, impl):
     monkeypatch.setenv(noise.ENV_NOISE, impl)
     assert len(pinned["cases"]) * offsets.numel() >= 500
     for case in pinned["cases"]:
-        got = noise.synapse_randn(case["seed"], offsets).view(torch.int32).tolist()
-        assert got == case["bits"], f"seed {case['seed']}"
+        assert _ulps(noise.synapse_randn(case["seed"], offsets), case["bits"]) <= PINNED_ULPS, f"seed {case['seed']}"
 
 
 def test_native_and_numpy_agree_bit_for_bit_on_many_ids(monkeypatch):
@@ -63,7 +80,7 @@ def test_without_a_c_compiler_the_numpy_generator_runs(monkeypatch, fresh_native
     assert "no C compiler" in _native.build_error()
     pinned = _pinned()
     case = pinned["cases"][0]
-    assert noise.synapse_randn(case["seed"], torch.tensor(pinned["offsets"])).view(torch.int32).tolist() == case["bits"]
+    assert _ulps(noise.synapse_randn(case["seed"], torch.tensor(pinned["offsets"])), case["bits"]) <= PINNED_ULPS
     monkeypatch.setenv(noise.ENV_NOISE, "native")
     with pytest.raises(RuntimeError, match="compiled generator is unavailable"):
         noise.generator_impl()

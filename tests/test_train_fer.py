@@ -373,17 +373,20 @@ def test_compiled_training_steps_equal_eager_ones(tiny_csv, tmp_path, monkeypatc
 
     torch._dynamo.reset()
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
-    runs = {}
+    runs, start = {}, {}
     for compiled in (False, True):
         run = Run.setup(cfg(tiny_csv, tmp_path / str(compiled), epochs=2, batch_size=8, compile=compiled))
+        start[compiled] = {n: p.detach().clone() for n, p in run.model.named_parameters()}
         run.train_epoch(0)
         runs[compiled] = run
     eager, comp = (dict(runs[c].model.named_parameters()) for c in (False, True))
-    lr = runs[False].cfg.lr
     for name, p in eager.items():
-        # AdamW's first steps magnify rounding: a gradient entry near zero whose rounding differs moves
-        # its weight by a different fraction of lr (seen: 6e-6 on a bias of scale 3e-3, lr 2e-3, on
-        # an Intel CPU). A wrong gradient moves weights by whole steps of about lr, far above this.
-        diff, scale = float((comp[name] - p).detach().abs().max()), float(p.detach().abs().max())
-        assert diff <= 1e-3 * scale + 1e-2 * lr, (name, diff, scale)
+        assert torch.equal(start[True][name], start[False][name]), name  # the same initial weights
+        # Adam magnifies rounding element by element: a gradient entry near zero whose rounding differs
+        # moves its weight by a different fraction of a step (seen on an Intel Xeon: one entry of
+        # front.7.weight a quarter of a step away). So compare what training did to each parameter as
+        # a whole: a wrong gradient changes its movement by about the movement itself.
+        moved = float((p - start[False][name]).detach().norm())
+        diff = float((comp[name] - p).detach().norm())
+        assert diff <= 0.05 * moved + 1e-7, (name, diff, moved)  # seen: at most 0.0065
     assert runs[True].history == runs[False].history == []

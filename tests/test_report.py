@@ -56,3 +56,15 @@ def test_table_and_figures_from_both_folder_layouts(tmp_path, capsys):
         assert (tmp_path / "rep" / name).stat().st_size > 100, name
     assert main([str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.startswith("error: no results.json")
+
+
+def test_the_table_names_every_machine_its_runs_used(tmp_path):
+    """A table filled over several working stretches can mix machines: the device column lists each."""
+    for seed, cpu in enumerate(["AMD EPYC (2 cores)", "Intel Xeon (2 cores)", "Intel Xeon (2 cores)"]):
+        d = tmp_path / "baseline" / f"seed{seed}"
+        d.mkdir(parents=True)
+        r = _result(seed, 0.5, None)
+        r["versions"]["cpu"] = cpu
+        (d / "results.json").write_text(json.dumps(r))
+    line = accuracy_table(collect_runs(str(tmp_path))).splitlines()[2]
+    assert "| AMD EPYC (2 cores); Intel Xeon (2 cores) |" in line

@@ -137,8 +137,11 @@ def accuracy_table(groups: dict[str, list[dict]]) -> str:
 
         minutes = [sum(h["seconds"] for h in r["history"]) / 60 for r in runs]
         ips = [statistics.mean(h["images_per_s"] for h in r["history"]) for r in runs]
-        versions = runs[0]["versions"]
-        device = versions.get("cuda_device") or versions.get("cpu") or runs[0]["device"]
+        # every machine the runs used (a table filled over several working stretches can mix them)
+        devices = dict.fromkeys(
+            r.get("versions", {}).get("cuda_device") or r.get("versions", {}).get("cpu") or r["device"] for r in runs
+        )
+        device = "; ".join(devices)
         md5s = sorted({str(r.get("data_md5")) for r in runs})
         lines.append(
             f"| {name} | {','.join(str(r['seed']) for r in runs)} | {runs[0]['epochs']} "

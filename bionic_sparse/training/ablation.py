@@ -254,8 +254,11 @@ PLASTICITY_TERMS = {"hebbian_over_opt": "hebbian_over_opt", "homeostatic_over_op
 
 def plasticity_sizes(history: list[dict]) -> dict[str, str]:
     """How far each plasticity term moved the connectome weights relative to the optimiser in one
-    run: the mean over its layers and epochs of the probe's ``<term>_l<i>`` columns (``""`` when the
-    run logged none: the baseline, a run without plasticity or from before the probe)."""
+    run: the median over its layers and epochs of the probe's ``<term>_l<i>`` columns (``""`` when
+    the run logged none: the baseline, a run without plasticity or from before the probe).
+
+    NOTE: the median, because the ratio explodes where the schedule takes the learning rate to
+    zero (the last epoch of a cosine run: the optimiser stops, the homeostatic scaling does not)."""
     out = {}
     for term, column in PLASTICITY_TERMS.items():
         vals = [
@@ -264,7 +267,7 @@ def plasticity_sizes(history: list[dict]) -> dict[str, str]:
             for k, v in h.items()
             if k.startswith(term + "_l") and v not in ("", None) and float(v) == float(v)
         ]
-        out[column] = f"{statistics.mean(vals):.4g}" if vals else ""
+        out[column] = f"{statistics.median(vals):.4g}" if vals else ""
     return out
 
 
@@ -283,7 +286,7 @@ def _plasticity_table(records: list[dict], variants: list[str]) -> list[str]:
     return [
         "",
         "Size of each plasticity term relative to the optimiser's update (||term|| / ||optimiser step||"
-        " of the connectome weights, mean over layers, epochs and seeds; 0 when the term is off):",
+        " of the connectome weights; per run the median over layers and epochs, then the mean over seeds):",
         "",
         "| variant | Hebbian / optimiser | homeostatic / optimiser |",
         "|---|---|---|",

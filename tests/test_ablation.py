@@ -194,11 +194,35 @@ def test_fer_runs_script_makes_the_table(tiny_csv, tmp_path):
     ).exists()
 
 
-def _fake_run(root, variant: str, seed: int, acc: float, history: list[dict]) -> None:
+def _fake_run(root, variant: str, seed: int, acc: float, history: list[dict], **splits: float) -> None:
     out = root / variant / f"seed{seed}"
     out.mkdir(parents=True)
     result = {"private_test": {"accuracy": acc}, "public_test": {"accuracy": acc}, "epochs": 1, "history": history}
+    result.update({split: {"accuracy": value} for split, value in splits.items()})
     (out / "results.json").write_text(json.dumps(result))
+
+
+def test_report_has_the_ten_crop_accuracy_beside_the_plain_one(tmp_path):
+    """Runs that evaluated ten crops get a second block with its own paired test; the CSV also
+    keeps the accuracy on the PrivateTest images that are not in Training."""
+    from bionic_sparse.training.ablation import report
+
+    for seed, (plain, tta) in enumerate([(0.60, 0.62), (0.62, 0.63), (0.61, 0.64)]):
+        _fake_run(tmp_path, "full", seed, plain, [], private_test_tta=tta, private_test_unique=plain - 0.01)
+        _fake_run(tmp_path, "no_noise", seed, plain - 0.01, [], private_test_tta=tta - 0.02)
+    report(str(tmp_path), [0, 1, 2], ["full", "no_noise"])
+    md = (tmp_path / "ablations.md").read_text().splitlines()
+    assert md[0] == (
+        "| variant | runs | PrivateTest % (mean ± std) | Δ vs full (points) | paired t-test p |"
+        " PrivateTest ten-crop % (mean ± std) | Δ vs full (points) | paired t-test p |"
+    )
+    assert md[2] == "| full | 3 | 61.00 ± 1.00 | - | - | 63.00 ± 1.00 | - | - |"
+    assert md[3] == "| no_noise | 3 | 60.00 ± 1.00 | -1.00 | < 0.001 | 61.00 ± 1.00 | -2.00 | < 0.001 |"
+    with open(tmp_path / "ablations.csv") as f:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    assert float(rows[("full", "2")]["private_tta_acc"]) == 0.64
+    assert float(rows[("full", "2")]["private_unique_acc"]) == pytest.approx(0.60)
+    assert rows[("no_noise", "0")]["private_unique_acc"] == ""
 
 
 def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, capsys):

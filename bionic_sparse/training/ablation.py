@@ -174,14 +174,16 @@ def _gpu_count() -> int:
 METRICS = {
     "holdout": ("holdout_acc", "hold-out %"),
     "private_test": ("private_acc", "PrivateTest %"),
+    "private_test_tta": ("private_tta_acc", "PrivateTest ten-crop %"),  # same checkpoint, test-time crops
 }
 
 
 def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
     """Write ablations.csv / .md / .png from the run folders; returns the markdown.
 
-    Metrics: PrivateTest accuracy, and the accuracy on the hold-out part of Training when the
-    runs used ``holdout`` > 0 (in-distribution when the test images differ from the training ones).
+    Metrics: PrivateTest accuracy, its ten-crop accuracy when the runs evaluated one, and the
+    accuracy on the hold-out part of Training when the runs used ``holdout`` > 0 (in-distribution
+    when the test images differ from the training ones).
     """
     records = []
     for spec, row in zip(specs, rows, strict=True):
@@ -192,6 +194,8 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "private_acc": "",
             "public_acc": "",
             "holdout_acc": "",
+            "private_tta_acc": "",
+            "private_unique_acc": "",  # PrivateTest images with no exact duplicate in Training
             "epochs": "",
             "wall_seconds": "" if row["seconds"] is None else f"{row['seconds']:.1f}",  # this call's process
             "train_seconds": "",  # the run's training epochs, from its results.json
@@ -204,6 +208,8 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 private_acc=r["private_test"]["accuracy"],
                 public_acc=r["public_test"]["accuracy"],
                 holdout_acc=r["holdout"]["accuracy"] if "holdout" in r else "",
+                private_tta_acc=r["private_test_tta"]["accuracy"] if "private_test_tta" in r else "",
+                private_unique_acc=r["private_test_unique"]["accuracy"] if "private_test_unique" in r else "",
                 epochs=r["epochs"],
                 train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
             )
@@ -336,13 +342,18 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
         sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]
         colours = ["tab:green" if n == "full" else "tab:gray" if n == "baseline" else "tab:blue" for n in names]
         ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colours)
+        if "full" in acc:  # the full model's mean and seed spread, to read each bar against
+            full_mean, full_sd = means[names.index("full")], sds[names.index("full")]
+            ax.axhline(full_mean, color="tab:green", lw=1, ls="--", zorder=2)
+            if full_sd > 0:
+                ax.axhspan(full_mean - full_sd, full_mean + full_sd, color="tab:green", alpha=0.15, lw=0, zorder=0)
         for i, n in enumerate(names):
             ax.scatter([i] * len(acc[n]), list(acc[n].values()), color="k", s=8, zorder=3)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_ylabel(f"{METRICS[split][1].rstrip(' %')} accuracy (%)")
         lo = min(min(acc[n].values()) for n in names)
         ax.set_ylim(max(0.0, lo - 5), None)
-    fig.suptitle("BioNIC ablations (mean ± std over seeds; dots are seeds)")
+    fig.suptitle("BioNIC ablations (mean ± std over seeds; dots are seeds; band: full model ± std)")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)

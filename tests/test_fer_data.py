@@ -19,6 +19,7 @@ from bionic_sparse.data.fer2013 import (
     write_fer_csv,
     write_fer_zip,
 )
+from bionic_sparse.data.transforms import random_erase
 
 FER_DIR = os.environ.get("BIONIC_FER2013")
 
@@ -250,6 +251,39 @@ def test_augment_batch_is_per_sample_and_seeded():
         contrast=0,
     )
     assert torch.allclose(ident, x, atol=1e-4)
+
+
+def test_random_erase_erases_one_seeded_rectangle_per_chosen_image():
+    x = torch.randn(64, 1, 48, 48) + 10.0  # no pixel is 0 before erasing
+    g = torch.Generator().manual_seed(0)
+    assert random_erase(x, 0.0, generator=g) is x
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=torch.Generator().manual_seed(0))), (
+        "p = 0 draws no random numbers: runs without erasing keep their augmentation stream"
+    )
+    out = random_erase(x, 1.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, random_erase(x, 1.0, generator=torch.Generator().manual_seed(1)))
+    erased = out == 0
+    assert torch.equal(out[~erased], x[~erased]), "only the rectangle changes"
+    for mask in erased[:, 0]:
+        rows, cols = mask.any(1).nonzero(), mask.any(0).nonzero()
+        h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+        assert mask.sum() == h * w, "one solid rectangle"
+        assert 0.015 <= mask.float().mean() <= 0.34  # scale (0.02, 0.33) of the area, up to rounding
+    assert len({int(m.sum()) for m in erased}) > 10, "each image gets its own rectangle"
+    half = random_erase(x, 0.5, generator=torch.Generator().manual_seed(2))
+    assert 16 <= int((half == 0).flatten(1).any(1).sum()) <= 48
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="random erasing probability p"):
+            random_erase(x, bad)
+
+
+def test_random_erasing_is_a_checked_config_field():
+    from bionic_sparse.training.config import TrainConfig
+
+    assert TrainConfig().random_erasing == 0.0
+    assert TrainConfig.from_dict({"random_erasing": 0.25}).random_erasing == 0.25
+    with pytest.raises(ValueError, match="random_erasing must lie in"):
+        TrainConfig.from_dict({"random_erasing": 2})
 
 
 def test_ten_crop_tta():

@@ -72,6 +72,7 @@ def _replace(argv: list[str], flag: str, value: str) -> list[str]:
         ("--quick", None, "quick False -> True"),
         ("--baseline", None, "model 'bionic' -> 'baseline'"),
         ("--tta", None, "tta False -> True"),
+        ("--random-erasing", "0.5", "random_erasing 0.0 -> 0.5"),
     ],
     ids=lambda v: str(v).strip("-") if isinstance(v, str) else None,
 )
@@ -102,6 +103,27 @@ def test_resume_accepts_what_cannot_change_the_result(trained, capsys):
         torch.set_num_threads(threads)
     assert "resumed from" in capsys.readouterr().out
     assert {"out", "resume", "tensorboard", "device"} <= set(NON_IDENTITY_FIELDS)
+
+
+def test_resume_of_a_checkpoint_from_before_a_new_config_field(trained, tmp_path, capsys):
+    """A field added to the config later (here ``random_erasing``, ``model_config.dropout``) is,
+    at its default, what the code that wrote the checkpoint did: the resume goes on; a value
+    other than the default is another run."""
+    import torch
+
+    out, argv = trained
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    ckpt = torch.load(copy / "last.pt", weights_only=False)
+    assert ckpt["identity"]["random_erasing"] == 0.0
+    del ckpt["identity"]["random_erasing"], ckpt["identity"]["model_config"]["dropout"]
+    torch.save(ckpt, copy / "last.pt")
+    os.remove(copy / "results.json")
+    again = _replace(argv, "--out", str(copy))
+    assert main([*again, "--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert main([*_replace(again, "--random-erasing", "0.25"), "--resume"]) == 2
+    assert "random_erasing 0.0 -> 0.25" in _one_error(capsys)
 
 
 def test_resume_across_a_code_change_needs_a_flag_and_is_recorded(data, tmp_path, monkeypatch, capsys):

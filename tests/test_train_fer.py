@@ -88,12 +88,13 @@ def _interrupt_at(monkeypatch, epoch: int):
 def test_resume_is_exact(tiny_csv, tmp_path, monkeypatch, execution):
     """Interrupted after epoch 2 of 4 and resumed == never interrupted: metrics and weights."""
     model_config = {**TINY_MODEL, "execution": execution}  # noise, plasticity and dropout are on
-    straight = train(cfg(tiny_csv, tmp_path / "a", epochs=4, model_config=model_config))
+    run = dict(epochs=4, model_config=model_config, random_erasing=0.5)  # every augmentation draws
+    straight = train(cfg(tiny_csv, tmp_path / "a", **run))
     real = _interrupt_at(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train(cfg(tiny_csv, tmp_path / "b", epochs=4, model_config=model_config))
+        train(cfg(tiny_csv, tmp_path / "b", **run))
     monkeypatch.setattr(Run, "train_epoch", real)
-    resumed = train(cfg(tiny_csv, tmp_path / "b", epochs=4, resume=True, model_config=model_config))
+    resumed = train(cfg(tiny_csv, tmp_path / "b", resume=True, **run))
     assert _metrics(tmp_path / "a" / "metrics.csv") == _metrics(tmp_path / "b" / "metrics.csv")
     assert resumed["private_test"] == straight["private_test"]
     a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)["model"]

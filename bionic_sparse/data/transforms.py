@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["to_float", "augment_batch", "ten_crop_logits"]
+__all__ = ["to_float", "augment_batch", "random_erase", "ten_crop_logits"]
 
 
 def to_float(images: torch.Tensor) -> torch.Tensor:
@@ -60,6 +60,51 @@ def augment_batch(
     c = uniform(1 - contrast, 1 + contrast).view(b, 1, 1, 1)
     br = uniform(-brightness, brightness).view(b, 1, 1, 1) * 4.0  # in units of the image std (x 4: as 0.2 of range)
     return (out - mean) * c + mean + br
+
+
+def random_erase(
+    x: torch.Tensor,
+    p: float,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.02, 0.33),
+    ratio: tuple[float, float] = (0.3, 3.3),
+    value: float = 0.0,
+) -> torch.Tensor:
+    """Random erasing (Zhong et al. 2020; torchvision's ``RandomErasing`` defaults) of a float
+    batch ``[B, C, H, W]``: with probability ``p`` per image, one rectangle covering a fraction
+    ``scale`` of its area with aspect ratio (height / width) log-uniform in ``ratio`` is set to
+    ``value`` (0: the mean of a :func:`to_float` image). Returns a new tensor.
+
+    NOTE: ``p = 0`` draws no random numbers, so it leaves the generator, and with it every later
+    batch of a run, exactly as without this step."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"random erasing probability p must lie in [0, 1], got {p}")
+    if not (0.0 < scale[0] <= scale[1] <= 1.0):
+        raise ValueError(f"scale must be 0 < low <= high <= 1, got {scale}")
+    if not (0.0 < ratio[0] <= ratio[1]):
+        raise ValueError(f"ratio must be 0 < low <= high, got {ratio}")
+    if p == 0.0:
+        return x
+    b, _, h, w = x.shape
+    u = torch.rand(b, 5, generator=generator)  # erase?, area, aspect, top, left: one row per image
+    area = (scale[0] + u[:, 1] * (scale[1] - scale[0])) * h * w
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + u[:, 2] * (log_hi - log_lo))
+    # a rectangle that does not fit is clipped to the image (torchvision retries instead)
+    eh = torch.sqrt(area * aspect).round().clamp(1, h).long()
+    ew = torch.sqrt(area / aspect).round().clamp(1, w).long()
+    top = (u[:, 3] * (h - eh + 1)).floor().long()
+    left = (u[:, 4] * (w - ew + 1)).floor().long()
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    inside = (
+        (rows >= top.view(b, 1, 1))
+        & (rows < (top + eh).view(b, 1, 1))
+        & (cols >= left.view(b, 1, 1))
+        & (cols < (left + ew).view(b, 1, 1))
+        & (u[:, 0] < p).view(b, 1, 1)
+    )
+    return x.masked_fill(inside.unsqueeze(1).to(x.device), value)
 
 
 def ten_crop_logits(model: torch.nn.Module, x: torch.Tensor, crop: int = 44) -> torch.Tensor:

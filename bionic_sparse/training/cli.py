@@ -35,6 +35,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 _OVERRIDES = (
     "data", "epochs", "batch_size", "lr", "seed", "device", "amp", "tta", "out", "quick",
     "train_images", "holdout", "select_on", "resume", "overwrite", "allow_code_change", "tensorboard", "compile",
+    "random_erasing",
 )  # fmt: skip
 
 
@@ -55,6 +56,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     ap.add_argument("--amp", action="store_true", default=None, help="bf16 autocast on CUDA")
     ap.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the training step (default inductor)"
+    )
+    ap.add_argument(
+        "--random-erasing",
+        type=float,
+        metavar="P",
+        help="with augmentation: erase one random rectangle of each training image with probability P (default 0)",
     )
     ap.add_argument("--tta", action="store_true", default=None, help="also evaluate with ten-crop TTA at the end")
     ap.add_argument("--out", help="output directory (default runs/fer/<model>-seed<k>)")

@@ -28,6 +28,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" or "sgd" (Nesterov, momentum 0.9)
     label_smoothing: float = 0.1
     augment: bool = True
+    random_erasing: float = 0.0  # with augment: probability per training image of one erased rectangle
     tta: bool = False  # also evaluate with ten-crop test-time augmentation at the end (extra columns)
     amp: bool = False  # bf16 autocast on CUDA
     compile: bool = False  # torch.compile the training forward (default inductor backend)
@@ -81,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"random_erasing must lie in [0, 1] (a probability per image), got {self.random_erasing}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.optimizer not in ("adamw", "sgd"):

@@ -35,7 +35,17 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import CLASSES, FER2013, DataError, augment_batch, file_md5, load_fer2013, ten_crop_logits, to_float
+from ..data import (
+    CLASSES,
+    FER2013,
+    DataError,
+    augment_batch,
+    file_md5,
+    load_fer2013,
+    random_erase,
+    ten_crop_logits,
+    to_float,
+)
 from ..models.bionic import BioNIC, ConventionalBaseline
 from ..plasticity import row_scale
 from ..runtime import code_revision, environment
@@ -172,6 +182,22 @@ def run_identity(cfg: TrainConfig, device: torch.device, data_md5: str | None) -
         ident["data"] = os.path.abspath(ident["data"])
     ident.update(device_type=device.type, data_md5=data_md5, bionic_sparse=__version__, code_revision=code_revision())
     return ident
+
+
+def _with_added_defaults(identity: dict) -> dict:
+    """``identity`` with every config field that it lacks set to that field's default.
+
+    NOTE: a field added to :class:`TrainConfig` or :class:`BioNICConfig` after a checkpoint was
+    written is, at its default, what the older code did (new fields default to the old
+    behaviour), so it must not make a resume look like another run."""
+    defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # as run_identity writes them
+    defaults_model = defaults.pop("model_config")
+    for name in NON_IDENTITY_FIELDS:
+        defaults.pop(name, None)
+    out = {**defaults, **identity}
+    if isinstance(identity.get("model_config"), dict):
+        out["model_config"] = {**defaults_model, **identity["model_config"]}
+    return out
 
 
 def identity_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
@@ -415,7 +441,9 @@ class Run:
         match the checkpoint's (a code change only with ``allow_code_change``, then recorded)."""
         theirs = ckpt.get("identity")
         mine = dict(self.identity)
-        if theirs is None:  # a checkpoint from before identity records: its config is all there is
+        if theirs is not None:
+            theirs = _with_added_defaults(theirs)
+        else:  # a checkpoint from before identity records: its config is all there is
             theirs = {
                 k: v for k, v in json.loads(json.dumps(ckpt.get("config", {}))).items() if k not in NON_IDENTITY_FIELDS
             }
@@ -474,7 +502,7 @@ class Run:
             x = to_float(x_train[idx]).to(self.device, non_blocking=True)
             y = y_train[idx].to(self.device)
             if cfg.augment:
-                x = augment_batch(x, generator=g)
+                x = random_erase(augment_batch(x, generator=g), cfg.random_erasing, generator=g)
             if autocast is not None:
                 with autocast:
                     logits = self.net(x)

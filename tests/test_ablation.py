@@ -148,6 +148,9 @@ def test_cli_quick_smoke(tiny_csv, tmp_path):
         json.loads((tmp_path / "abl" / "full" / "seed0" / "run_config.json").read_text())
     )
     assert "PrivateTest" in log
+    with open(tmp_path / "abl" / "ablations.csv") as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert float(rows["full"]["train_cpu_seconds"]) > 0  # each run logs its CPU time
 
 
 def test_cli_bad_input_is_one_error_line(tmp_path, capsys):
@@ -223,6 +226,7 @@ def test_report_has_the_ten_crop_accuracy_beside_the_plain_one(tmp_path):
     assert float(rows[("full", "2")]["private_tta_acc"]) == 0.64
     assert float(rows[("full", "2")]["private_unique_acc"]) == pytest.approx(0.60)
     assert rows[("no_noise", "0")]["private_unique_acc"] == ""
+    assert rows[("full", "0")]["train_cpu_seconds"] == ""  # no epochs logged CPU time
 
 
 def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, capsys):

@@ -8,7 +8,7 @@ from bionic_sparse.training.fer_table import main
 from bionic_sparse.training.report import accuracy_table, collect_runs
 
 
-def _result(seed: int, acc: float, tta: float | None, epochs: int = 3) -> dict:
+def _result(seed: int, acc: float, tta: float | None, epochs: int = 3, cpu_seconds: float | None = 90.0) -> dict:
     confusion = [[5 if i == j else 1 for j in range(7)] for i in range(7)]
     r = {
         "seed": seed,
@@ -26,6 +26,7 @@ def _result(seed: int, acc: float, tta: float | None, epochs: int = 3) -> dict:
                 "train_acc": 0.5,
                 "seconds": 60.0,
                 "images_per_s": 100.0,
+                **({} if cpu_seconds is None else {"cpu_seconds": cpu_seconds}),
             }
             for e in range(epochs)
         ],
@@ -43,14 +44,17 @@ def test_table_and_figures_from_both_folder_layouts(tmp_path, capsys):
             (d / "results.json").write_text(json.dumps(_result(seed, acc, acc + 0.02)))
     d = tmp_path / "extra-seed7"  # fer_runs' older layout
     d.mkdir()
-    (d / "results.json").write_text(json.dumps(_result(7, 0.30, None)))
+    (d / "results.json").write_text(json.dumps(_result(7, 0.30, None, cpu_seconds=None)))  # before CPU time
     groups = collect_runs(str(tmp_path))
     assert [r["seed"] for r in groups["full"]] == [0, 1, 2] and len(groups["extra"]) == 1
     lines = accuracy_table(groups).splitlines()
     full = next(line for line in lines if line.startswith("| full |"))
-    assert "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | - | 51.00 ± 2.00 | 3.0 | 100 | Test CPU (2 cores) |" in full
+    assert (
+        "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | - | 51.00 ± 2.00 | 3.0 | 4.5 | 100 | Test CPU (2 cores) |" in full
+    )
     extra = next(line for line in lines if line.startswith("| extra |"))
     assert "| 30.00 ± 0.00 | - |" in extra  # no ten-crop column in that run
+    assert "| 3.0 | - | 100 |" in extra  # nor CPU time
     assert main([str(tmp_path), "--out", str(tmp_path / "rep"), "--models", "full", "baseline"]) == 0
     for name in ("table.md", "learning_curves.png", "confusion_best_full.png", "confusion_best_baseline.png"):
         assert (tmp_path / "rep" / name).stat().st_size > 100, name

@@ -22,7 +22,7 @@ from bionic_sparse.training.trainer import shard
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_MODEL = dict(units_per_neuron=2, block_size=8, front_channels=(4, 8), front_pool=2)
-TIMING = ("seconds", "images_per_s")
+TIMING = ("seconds", "images_per_s", "cpu_seconds")
 
 
 @pytest.fixture(scope="module")

@@ -199,6 +199,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "epochs": "",
             "wall_seconds": "" if row["seconds"] is None else f"{row['seconds']:.1f}",  # this call's process
             "train_seconds": "",  # the run's training epochs, from its results.json
+            "train_cpu_seconds": "",  # their CPU time (runs that logged it)
             "dir": spec.out,
         }
         if spec.done:
@@ -212,6 +213,11 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 private_unique_acc=r["private_test_unique"]["accuracy"] if "private_test_unique" in r else "",
                 epochs=r["epochs"],
                 train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
+                train_cpu_seconds=(
+                    f"{sum(h['cpu_seconds'] for h in r['history']):.1f}"
+                    if r["history"] and all("cpu_seconds" in h for h in r["history"])
+                    else ""
+                ),
             )
         rec.update(plasticity_sizes(r["history"] if spec.done else []))
         records.append(rec)

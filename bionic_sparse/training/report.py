@@ -123,12 +123,13 @@ def _mean_sd(values: list[float]) -> str:
 
 def accuracy_table(groups: dict[str, list[dict]]) -> str:
     """Markdown: PrivateTest plain and ten-crop (mean ± sample std over seeds), PrivateTest without
-    the exact copies of training images (runs that recorded it), PublicTest, budget, time,
-    device and training images/s per model."""
+    the exact copies of training images (runs that recorded it), PublicTest, budget, wall and CPU
+    time of the training epochs (CPU time: the runs that logged it), device and training images/s
+    per model."""
     lines = [
         "| model | seeds | epochs | PrivateTest % | PrivateTest % ten-crop | PrivateTest % not in Training "
-        "| PublicTest % | train min / run | img/s | device | data md5 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| PublicTest % | train min / run | CPU min / run | img/s | device | data md5 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, runs in groups.items():
 
@@ -136,6 +137,11 @@ def accuracy_table(groups: dict[str, list[dict]]) -> str:
             return [100 * r[key]["accuracy"] for r in runs if key in r]
 
         minutes = [sum(h["seconds"] for h in r["history"]) / 60 for r in runs]
+        cpu_minutes = [  # runs from before CPU time was logged have none
+            sum(h["cpu_seconds"] for h in r["history"]) / 60
+            for r in runs
+            if r["history"] and all("cpu_seconds" in h for h in r["history"])
+        ]
         ips = [statistics.mean(h["images_per_s"] for h in r["history"]) for r in runs]
         # every machine the runs used (a table filled over several working stretches can mix them)
         devices = dict.fromkeys(
@@ -147,7 +153,8 @@ def accuracy_table(groups: dict[str, list[dict]]) -> str:
             f"| {name} | {','.join(str(r['seed']) for r in runs)} | {runs[0]['epochs']} "
             f"| {_mean_sd(acc('private_test'))} | {_mean_sd(acc('private_test_tta'))} "
             f"| {_mean_sd(acc('private_test_unique'))} | {_mean_sd(acc('public_test'))} "
-            f"| {statistics.mean(minutes):.1f} | {statistics.mean(ips):.0f} | {device} | {', '.join(md5s)} |"
+            f"| {statistics.mean(minutes):.1f} | {f'{statistics.mean(cpu_minutes):.1f}' if cpu_minutes else '-'} "
+            f"| {statistics.mean(ips):.0f} | {device} | {', '.join(md5s)} |"
         )
     return "\n".join(lines)
 

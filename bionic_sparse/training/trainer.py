@@ -490,6 +490,7 @@ class Run:
         perm = shard(torch.randperm(y_train.numel(), generator=g), self.rank, self.world)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else None
         seen, correct, loss_sum, lr, t0 = 0, 0, 0.0, 0.0, time.perf_counter()
+        cpu0 = time.process_time()  # CPU time of every thread of this process
         bar = tqdm(
             range(0, perm.numel(), cfg.batch_size),
             desc=f"epoch {epoch + 1}/{self.epochs}",
@@ -525,7 +526,7 @@ class Run:
             correct += int((logits.argmax(-1) == y).sum())
             loss_sum += float(loss.detach()) * y.numel()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        seconds = time.perf_counter() - t0
+        seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         return {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
@@ -533,6 +534,7 @@ class Run:
             "lr": lr,
             "seconds": seconds,
             "images_per_s": seen * self.world / max(seconds, 1e-9),
+            "cpu_seconds": cpu_seconds,  # this rank's; below seconds x threads when it waited for a core
             **{k: sum(p[k] for p in probes) / len(probes) for k in (probes[0] if probes else {})},
         }
 

@@ -279,6 +279,16 @@ def test_ablation_list_into_a_closed_pipe_and_a_summary_of_failed_runs(tmp_path)
         env=env,
     )
     assert len(proc.stdout.splitlines()) == 2 and "Traceback" not in proc.stderr
+    (tmp_path / "none").mkdir()
+    report = subprocess.run(
+        f"{sys.executable} -m bionic_sparse.training.ablation --report --out {tmp_path / 'none'} | head -2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert len(report.stdout.splitlines()) == 2 and "Traceback" not in report.stderr, report.stderr
+    assert (tmp_path / "none" / "ablations.md").exists()
     bad = _write(tmp_path / "bad.csv", "emotion,pixels,Usage\n0,1 2 3,Training\n")  # every run fails on it
     out = tmp_path / "grid"
     ran = subprocess.run(

@@ -396,9 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for name, (train_over, model_over) in VARIANTS.items():
                 print(f"{name:<18} {json.dumps({**train_over, **model_over})}")
-        except BrokenPipeError:  # `--list | head`: the reader left; stop quietly, as Unix tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 141
+        except BrokenPipeError:  # `--list | head`
+            return _reader_left()
         return 0
     try:
         base = load_config_file(args.config) if args.config else {}
@@ -427,20 +426,29 @@ def main(argv: list[str] | None = None) -> int:
             f"\ninterrupted: finished runs are kept, interrupted ones resume. Continue with: {again}", file=sys.stderr
         )
         return 130
-    with open(os.path.join(args.out, "ablations.md")) as f:
-        print(f.read())
     failed = [r for r in rows if r["status"].startswith("failed")]
     written = [
         n for n in ("ablations.csv", "ablations.md", "ablations.png") if os.path.exists(os.path.join(args.out, n))
     ]
     finished = sum(r["status"].startswith("done") for r in rows)
     missing = sum(r["status"] == "not run" for r in rows)
-    print(
-        f"{finished} runs finished, {len(failed)} failed"
-        + (f", {missing} not run yet" if missing else "")
-        + f" -> {args.out}/: {', '.join(written)}"
-    )
+    try:
+        with open(os.path.join(args.out, "ablations.md")) as f:
+            print(f.read())
+        print(
+            f"{finished} runs finished, {len(failed)} failed"
+            + (f", {missing} not run yet" if missing else "")
+            + f" -> {args.out}/: {', '.join(written)}"
+        )
+    except BrokenPipeError:  # `--report | head`: the files are written; only the printout stops
+        return _reader_left()
     return 1 if failed else 0
+
+
+def _reader_left() -> int:
+    """stdout's reader has gone (``| head``): stop quietly, as Unix tools do (exit 141, SIGPIPE)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..runtime import child_env, invocation
 from .config import load_config_file
+from .report import training_cpu_seconds
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -205,6 +206,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
         if spec.done:
             with open(os.path.join(spec.out, "results.json")) as f:
                 r = json.load(f)
+            cpu_seconds = training_cpu_seconds(r["history"])
             rec.update(
                 private_acc=r["private_test"]["accuracy"],
                 public_acc=r["public_test"]["accuracy"],
@@ -213,11 +215,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 private_unique_acc=r["private_test_unique"]["accuracy"] if "private_test_unique" in r else "",
                 epochs=r["epochs"],
                 train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
-                train_cpu_seconds=(
-                    f"{sum(h['cpu_seconds'] for h in r['history']):.1f}"
-                    if r["history"] and all("cpu_seconds" in h for h in r["history"])
-                    else ""
-                ),
+                train_cpu_seconds="" if cpu_seconds is None else f"{cpu_seconds:.1f}",
             )
         rec.update(plasticity_sizes(r["history"] if spec.done else []))
         records.append(rec)

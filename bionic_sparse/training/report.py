@@ -114,6 +114,13 @@ def collect_runs(root: str) -> dict[str, list[dict]]:
     return groups
 
 
+def training_cpu_seconds(history: list[dict]) -> float | None:
+    """CPU seconds of a run's training epochs; ``None`` for runs from before CPU time was logged."""
+    if not history or not all("cpu_seconds" in h for h in history):
+        return None
+    return sum(h["cpu_seconds"] for h in history)
+
+
 def _mean_sd(values: list[float]) -> str:
     if not values:
         return "-"
@@ -137,11 +144,8 @@ def accuracy_table(groups: dict[str, list[dict]]) -> str:
             return [100 * r[key]["accuracy"] for r in runs if key in r]
 
         minutes = [sum(h["seconds"] for h in r["history"]) / 60 for r in runs]
-        cpu_minutes = [  # runs from before CPU time was logged have none
-            sum(h["cpu_seconds"] for h in r["history"]) / 60
-            for r in runs
-            if r["history"] and all("cpu_seconds" in h for h in r["history"])
-        ]
+        cpu = [training_cpu_seconds(r["history"]) for r in runs]
+        cpu_minutes = [c / 60 for c in cpu if c is not None]
         ips = [statistics.mean(h["images_per_s"] for h in r["history"]) for r in runs]
         # every machine the runs used (a table filled over several working stretches can mix them)
         devices = dict.fromkeys(

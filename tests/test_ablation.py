@@ -254,6 +254,31 @@ def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, c
     assert not (tmp_path / "unsigned").exists()  # nothing was run
 
 
+def test_report_lists_each_run_with_its_machine_and_revision(tmp_path):
+    """A grid filled over several stretches may have run on different CPUs (the instruction set
+    changes the bits): the per-run table names each run's machine, ISA and code revision."""
+    from bionic_sparse.training.ablation import report
+
+    epochs = [{"seconds": 60.0, "images_per_s": 100.0}, {"seconds": 180.0, "images_per_s": 200.0}]
+    for seed, (cpu, isa) in enumerate([("Intel Xeon", "AVX512"), ("AMD EPYC", "AVX2")]):
+        _fake_run(tmp_path, "full", seed, 0.6 + seed / 100, epochs, private_test_tta=0.62)
+        result = json.loads((tmp_path / "full" / f"seed{seed}" / "results.json").read_text())
+        result["versions"] = {"cpu": cpu, "cpu_capability": isa, "code_revision": "git:f24b1f1fecc79ae9"}
+        (tmp_path / "full" / f"seed{seed}" / "results.json").write_text(json.dumps(result))
+    _fake_run(tmp_path, "baseline", 0, 0.58, [])  # from before the versions were recorded
+    report(str(tmp_path), [1, 0], ["baseline", "full"])
+    md = (tmp_path / "ablations.md").read_text()
+    runs = md.split("| run | PublicTest %")[1].splitlines()[2:]
+    assert runs == [
+        "| full, seed 0 | 60.00 | 60.00 | 62.00 | - | 4.0 | 175 | - | - | Intel Xeon, AVX512 | f24b1f1 |",
+        "| baseline, seed 0 | 58.00 | 58.00 | - | - | 0.0 | - | - | - | -, - | - |",
+        "| full, seed 1 | 61.00 | 61.00 | 62.00 | - | 4.0 | 175 | - | - | AMD EPYC, AVX2 | f24b1f1 |",
+    ]
+    with open(tmp_path / "ablations.csv") as f:
+        rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
+    assert rows[("full", "1")]["cpu_capability"] == "AVX2" and rows[("baseline", "0")]["cpu"] == ""
+
+
 def test_report_only_of_a_missing_folder_is_one_error_line(tmp_path, capsys):
     from bionic_sparse.training.ablation import main
 

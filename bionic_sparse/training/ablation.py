@@ -201,6 +201,10 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "wall_seconds": "" if row["seconds"] is None else f"{row['seconds']:.1f}",  # this call's process
             "train_seconds": "",  # the run's training epochs, from its results.json
             "train_cpu_seconds": "",  # their CPU time (runs that logged it)
+            "images_per_s": "",  # training throughput, time-weighted over the epochs
+            "cpu": "",  # the machine and the instruction set torch's kernels used: both change the bits
+            "cpu_capability": "",
+            "code_revision": "",
             "dir": spec.out,
         }
         if spec.done:
@@ -216,6 +220,10 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 epochs=r["epochs"],
                 train_seconds=f"{sum(h['seconds'] for h in r['history']):.1f}",
                 train_cpu_seconds="" if cpu_seconds is None else f"{cpu_seconds:.1f}",
+                images_per_s=_images_per_s(r["history"]),
+                cpu=r.get("versions", {}).get("cpu", ""),
+                cpu_capability=r.get("versions", {}).get("cpu_capability", ""),
+                code_revision=r.get("versions", {}).get("code_revision", ""),
             )
         rec.update(plasticity_sizes(r["history"] if spec.done else []))
         records.append(rec)
@@ -248,6 +256,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             cells += _stats_cells(acc.get(variant, {}), acc.get("full", {}), variant == "full")
         lines.append("| " + " | ".join(cells) + " |")
     lines += _plasticity_table(records, variants)
+    lines += _runs_table(records)
     failed = [f"{r['variant']}/seed{r['seed']}: {r['status']}" for r in records if r["status"].startswith("failed")]
     if failed:
         lines += ["", "Failed runs (see their run.log; the next call runs them again): " + ", ".join(failed)]
@@ -300,6 +309,46 @@ def _plasticity_table(records: list[dict], variants: list[str]) -> list[str]:
         "",
         "| variant | Hebbian / optimiser | homeostatic / optimiser |",
         "|---|---|---|",
+        *rows,
+    ]
+
+
+def _images_per_s(history: list[dict]) -> str:
+    seconds = sum(h.get("seconds", 0.0) for h in history if "images_per_s" in h)
+    if not seconds:
+        return ""
+    return f"{sum(h['seconds'] * h['images_per_s'] for h in history if 'images_per_s' in h) / seconds:.0f}"
+
+
+def _percent(value: float | str) -> str:
+    return "-" if value == "" else f"{100 * float(value):.2f}"
+
+
+def _runs_table(records: list[dict]) -> list[str]:
+    """Markdown lines: one row per finished run, with the machine and code revision it ran on
+    (a grid filled over several working stretches may have run on different CPUs)."""
+    done = [r for r in records if r["status"] == "done"]
+    if not done:
+        return []
+    order = {name: i for i, name in enumerate(VARIANTS)}
+    rows = []
+    for r in sorted(done, key=lambda r: (r["seed"], order.get(r["variant"], len(order)))):  # as the grid ran
+        minutes = "-" if r["train_seconds"] == "" else f"{float(r['train_seconds']) / 60:.1f}"
+        plasticity = ["-" if r[c] == "" else f"{float(r[c]):.3f}" for c in PLASTICITY_TERMS.values()]
+        revision = r["code_revision"].removeprefix("git:")[:7] or "-"
+        machine = f"{r['cpu'] or '-'}, {r['cpu_capability'] or '-'}"
+        cells = [f"{r['variant']}, seed {r['seed']}", _percent(r["public_acc"]), _percent(r["private_acc"])]
+        cells += [_percent(r["private_tta_acc"]), _percent(r["private_unique_acc"]), minutes]
+        cells += [r["images_per_s"] or "-", *plasticity, machine, revision]
+        rows.append("| " + " | ".join(cells) + " |")
+    return [
+        "",
+        "Runs (training minutes and images/s are each run's own, with whatever else the machine ran"
+        " beside it; compare speeds with `benchmarks/`, not here):",
+        "",
+        "| run | PublicTest % | PrivateTest % | ten-crop | not in Training | training min | img/s"
+        " | Hebbian / opt | homeostatic / opt | machine, ISA | code |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *rows,
     ]
 

@@ -251,6 +251,8 @@ def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, c
     assert rows[("full", "0")]["hebbian_over_opt"] == "0.2" and rows[("baseline", "0")]["hebbian_over_opt"] == ""
     assert rows[("unsigned", "0")]["status"] == "not run"
     assert (tmp_path / "ablations.png").exists()
+    assert (tmp_path / "ablations_delta.png").exists()  # full and no_hebbian share seed 0
+    assert "ablations_delta.png" in out
     assert not (tmp_path / "unsigned").exists()  # nothing was run
 
 

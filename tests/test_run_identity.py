@@ -294,6 +294,7 @@ def test_ablation_list_into_a_closed_pipe_and_a_summary_of_failed_runs(tmp_path)
     assert ran.returncode == 1, ran.stderr[-2000:]
     assert "1 failed" in ran.stdout and "ablations.md" in ran.stdout
     assert "ablations.png" not in ran.stdout and not (out / "ablations.png").exists()
+    assert not (out / "ablations_delta.png").exists()
 
 
 def test_config_round_trip_keeps_types():

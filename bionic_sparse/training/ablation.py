@@ -9,7 +9,9 @@
   threads and ``OMP_WAIT_POLICY=PASSIVE`` (:func:`bionic_sparse.runtime.child_env`; the user's
   ``OMP_NUM_THREADS`` / ``OMP_WAIT_POLICY`` win).
 * Report: ``ablations.csv`` (one row per run), ``ablations.md`` (mean ± std per variant and the
-  difference to the full model with a paired t-test over the seeds both have), ``ablations.png``.
+  difference to the full model with a paired t-test over the seeds both have; then one row per
+  run with its machine and code revision), ``ablations.png`` (accuracy bars, seeds as dots) and
+  ``ablations_delta.png`` (each variant minus the full model, paired by seed).
 
 CLI: ``python -m bionic_sparse.training.ablation`` or ``bionic-ablations`` (:func:`main`).
 """
@@ -264,6 +266,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
     with open(os.path.join(out, "ablations.md"), "w") as f:
         f.write(md + "\n")
     _bar_chart(os.path.join(out, "ablations.png"), per_metric)
+    _delta_chart(os.path.join(out, "ablations_delta.png"), per_metric)
     return md
 
 
@@ -412,6 +415,74 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
     plt.close(fig)
 
 
+def _delta_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
+    """Each variant minus the full model, seed by seed (paired): where the accuracy bars cannot
+    show a 1-point difference beside the 20 points of the variant without the conv front end.
+    The axis is scaled to the variants within 8 points of the full model; larger differences are
+    drawn to the edge and labelled with their value."""
+    deltas = {
+        split: {
+            variant: [vals[s] - acc["full"][s] for s in sorted(set(vals) & set(acc["full"]))]
+            for variant, vals in acc.items()
+            if variant != "full"
+        }
+        for split, acc in per_metric.items()
+        if "full" in acc
+    }
+    deltas = {split: {v: d for v, d in per.items() if d} for split, per in deltas.items()}
+    deltas = {split: per for split, per in deltas.items() if per}
+    if not deltas:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_variants = max(len(per) for per in deltas.values())
+    fig, axes = plt.subplots(
+        len(deltas), 1, figsize=(max(5, 0.6 * n_variants + 2), 3.6 * len(deltas) + 0.6), squeeze=False
+    )
+    for ax, (split, per) in zip(axes[:, 0], deltas.items(), strict=True):
+        names = list(per)
+        means = [statistics.mean(per[n]) for n in names]
+        sds = [statistics.stdev(per[n]) if len(per[n]) > 1 else 0.0 for n in names]
+        near = [abs(d) for n, m in zip(names, means, strict=True) if abs(m) <= 8 for d in per[n]]
+        limit = max(near, default=1.0) + 0.5
+        colours = ["tab:gray" if n == "baseline" else "tab:blue" for n in names]
+        shown = [max(-limit, min(limit, m)) for m in means]
+        ax.bar(
+            range(len(names)),
+            shown,
+            yerr=[sd if abs(m) <= limit else 0 for m, sd in zip(means, sds, strict=True)],
+            capsize=3,
+            color=colours,
+        )
+        for i, (n, m) in enumerate(zip(names, means, strict=True)):
+            dots = [d for d in per[n] if abs(d) <= limit]
+            ax.scatter([i] * len(dots), dots, color="k", s=8, zorder=3)
+            if abs(m) > limit:
+                ax.text(
+                    i,
+                    0.92 * (limit if m > 0 else -limit),
+                    f"{m:+.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white",
+                    fontweight="bold",
+                )
+        ax.axhline(0.0, color="tab:green", lw=1)
+        ax.set_ylim(-limit, limit)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel(f"{METRICS[split][1].rstrip(' %')}\nvariant − full (points)")
+    fig.suptitle("BioNIC ablations, paired by seed (bar: mean difference ± std; dots: seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     """The runner's command line; prints the report. Exit 0 when every run finished, 1 when some
     failed (the next call re-runs them), 2 for bad input."""
@@ -475,7 +546,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     failed = [r for r in rows if r["status"].startswith("failed")]
     written = [
-        n for n in ("ablations.csv", "ablations.md", "ablations.png") if os.path.exists(os.path.join(args.out, n))
+        n
+        for n in ("ablations.csv", "ablations.md", "ablations.png", "ablations_delta.png")
+        if os.path.exists(os.path.join(args.out, n))
     ]
     finished = sum(r["status"].startswith("done") for r in rows)
     missing = sum(r["status"] == "not run" for r in rows)

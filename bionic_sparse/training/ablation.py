@@ -378,24 +378,49 @@ def _stats_cells(vals: dict[int, float], full: dict[int, float], is_full: bool) 
     return [f"{mean:.2f} ± {sd:.2f}", delta, p]
 
 
-def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
-    if not per_metric:  # no finished run: no figure (and none left from an earlier call)
+def _panels(path: str, panels: dict[str, dict]):
+    """A figure with one row of axes per metric, as wide as the most variants any row has;
+    ``None`` when there is nothing to draw (and then no figure is left from an earlier call)."""
+    if not panels:
         if os.path.exists(path):
             os.remove(path)
-        return
+        return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n_variants = max(len(acc) for acc in per_metric.values())
+    n_variants = max(len(per) for per in panels.values())
     fig, axes = plt.subplots(
-        len(per_metric), 1, figsize=(max(5, 0.6 * n_variants + 2), 3.6 * len(per_metric) + 0.6), squeeze=False
+        len(panels), 1, figsize=(max(5, 0.6 * n_variants + 2), 3.6 * len(panels) + 0.6), squeeze=False
     )
-    for ax, (split, acc) in zip(axes[:, 0], per_metric.items(), strict=True):
-        names = list(acc)
-        means = [statistics.mean(acc[n].values()) for n in names]
-        sds = [statistics.stdev(acc[n].values()) if len(acc[n]) > 1 else 0.0 for n in names]
+    return fig, axes[:, 0]
+
+
+def _spread(groups: dict[str, list[float]]) -> tuple[list[str], list[float], list[float]]:
+    """Names, means and sample stds (0 for one value) of each group, in order."""
+    names = list(groups)
+    means = [statistics.mean(groups[n]) for n in names]
+    sds = [statistics.stdev(groups[n]) if len(groups[n]) > 1 else 0.0 for n in names]
+    return names, means, sds
+
+
+def _save(fig, path: str, title: str) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
+    drawn = _panels(path, per_metric)
+    if drawn is None:
+        return
+    fig, axes = drawn
+    for ax, (split, acc) in zip(axes, per_metric.items(), strict=True):
+        names, means, sds = _spread({n: list(seeds.values()) for n, seeds in acc.items()})
         colours = ["tab:green" if n == "full" else "tab:gray" if n == "baseline" else "tab:blue" for n in names]
         ax.bar(range(len(names)), means, yerr=sds, capsize=3, color=colours)
         if "full" in acc:  # the full model's mean and seed spread, to read each bar against
@@ -409,10 +434,7 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
         ax.set_ylabel(f"{METRICS[split][1].rstrip(' %')} accuracy (%)")
         lo = min(min(acc[n].values()) for n in names)
         ax.set_ylim(max(0.0, lo - 5), None)
-    fig.suptitle("BioNIC ablations (mean ± std over seeds; dots are seeds; band: full model ± std)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path, "BioNIC ablations (mean ± std over seeds; dots are seeds; band: full model ± std)")
 
 
 def _delta_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
@@ -431,23 +453,12 @@ def _delta_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) 
     }
     deltas = {split: {v: d for v, d in per.items() if d} for split, per in deltas.items()}
     deltas = {split: per for split, per in deltas.items() if per}
-    if not deltas:
-        if os.path.exists(path):
-            os.remove(path)
+    drawn = _panels(path, deltas)
+    if drawn is None:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_variants = max(len(per) for per in deltas.values())
-    fig, axes = plt.subplots(
-        len(deltas), 1, figsize=(max(5, 0.6 * n_variants + 2), 3.6 * len(deltas) + 0.6), squeeze=False
-    )
-    for ax, (split, per) in zip(axes[:, 0], deltas.items(), strict=True):
-        names = list(per)
-        means = [statistics.mean(per[n]) for n in names]
-        sds = [statistics.stdev(per[n]) if len(per[n]) > 1 else 0.0 for n in names]
+    fig, axes = drawn
+    for ax, (split, per) in zip(axes, deltas.items(), strict=True):
+        names, means, sds = _spread(per)
         near = [abs(d) for n, m in zip(names, means, strict=True) if abs(m) <= 8 for d in per[n]]
         limit = max(near, default=1.0) + 0.5
         colours = ["tab:gray" if n == "baseline" else "tab:blue" for n in names]
@@ -477,10 +488,7 @@ def _delta_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) 
         ax.set_ylim(-limit, limit)
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_ylabel(f"{METRICS[split][1].rstrip(' %')}\nvariant − full (points)")
-    fig.suptitle("BioNIC ablations, paired by seed (bar: mean difference ± std; dots: seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    _save(fig, path, "BioNIC ablations, paired by seed (bar: mean difference ± std; dots: seeds)")
 
 
 def main(argv: list[str] | None = None) -> int:

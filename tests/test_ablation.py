@@ -63,10 +63,12 @@ def test_report_statistics(tmp_path):
     md = summarize(str(tmp_path), specs, rows).splitlines()
     assert md[0].count("PrivateTest %") == 1 and "hold-out" not in md[0]  # no run had a hold-out split
     full, no_noise, unsigned = md[2], md[3], md[4]
-    assert full == "| full | 3 | 42.00 ± 2.00 | - | - |"
-    assert no_noise.startswith("| no_noise | 3 | 40.00 ± 1.73 | -2.00 | ")
-    assert float(no_noise.split("|")[5]) > 0.05  # differences -2, -1, -3: not significant with 3 seeds
-    assert unsigned == "| unsigned | 3 | 41.00 ± 2.00 | -1.00 | < 0.001 |"  # -1 on every seed: t = inf
+    assert full == "| full | 3 | 42.00 ± 2.00 | - | - | - | - |"
+    assert no_noise.startswith("| no_noise | 3 | 40.00 ± 1.73 | -2.00 | [-4.48, +0.48] | ")
+    assert float(no_noise.split("|")[6]) > 0.05  # differences -2, -1, -3: not significant with 3 seeds
+    assert float(no_noise.split("|")[7]) >= float(no_noise.split("|")[6])  # Holm never lowers a p
+    # -1 on every seed: t = inf
+    assert unsigned == "| unsigned | 3 | 41.00 ± 2.00 | -1.00 | [-1.00, -1.00] | < 0.001 | < 0.001 |"
 
 
 def test_resume_and_crash_tolerance(tiny_csv, tmp_path):
@@ -216,17 +218,48 @@ def test_report_has_the_ten_crop_accuracy_beside_the_plain_one(tmp_path):
     report(str(tmp_path), [0, 1, 2], ["full", "no_noise"])
     md = (tmp_path / "ablations.md").read_text().splitlines()
     assert md[0] == (
-        "| variant | runs | PrivateTest % (mean ± std) | Δ vs full (points) | paired t-test p |"
-        " PrivateTest ten-crop % (mean ± std) | Δ vs full (points) | paired t-test p |"
+        "| variant | runs | PrivateTest % (mean ± std) | Δ vs full (points) | 95 % CI of Δ | paired t-test p"
+        " | Holm p | PrivateTest ten-crop % (mean ± std) | Δ vs full (points) | 95 % CI of Δ | paired t-test p"
+        " | Holm p |"
     )
-    assert md[2] == "| full | 3 | 61.00 ± 1.00 | - | - | 63.00 ± 1.00 | - | - |"
-    assert md[3] == "| no_noise | 3 | 60.00 ± 1.00 | -1.00 | < 0.001 | 61.00 ± 1.00 | -2.00 | < 0.001 |"
+    assert md[2] == "| full | 3 | 61.00 ± 1.00 | - | - | - | - | 63.00 ± 1.00 | - | - | - | - |"
+    assert md[3] == (
+        "| no_noise | 3 | 60.00 ± 1.00 | -1.00 | [-1.00, -1.00] | < 0.001 | < 0.001"
+        " | 61.00 ± 1.00 | -2.00 | [-2.00, -2.00] | < 0.001 | < 0.001 |"
+    )
     with open(tmp_path / "ablations.csv") as f:
         rows = {(r["variant"], r["seed"]): r for r in csv.DictReader(f)}
     assert float(rows[("full", "2")]["private_tta_acc"]) == 0.64
     assert float(rows[("full", "2")]["private_unique_acc"]) == pytest.approx(0.60)
     assert rows[("no_noise", "0")]["private_unique_acc"] == ""
     assert rows[("full", "0")]["train_cpu_seconds"] == ""  # no epochs logged CPU time
+
+
+def test_paired_stats_give_the_interval_and_holm_adjusted_p():
+    """Δ over common seeds with its 95 % t-interval and paired p; Holm's step-down adjustment over
+    the variants tested, so that a reader of 13 comparisons is not misled by one small p."""
+    from scipy.stats import t as student_t
+    from scipy.stats import ttest_rel
+
+    from bionic_sparse.training.ablation import paired_stats
+
+    full = {0: 60.0, 1: 61.0, 2: 62.0}
+    up = {s: a + d for (s, a), d in zip(full.items(), [1.0, 2.0, 3.0], strict=True)}
+    down = {s: a + d for (s, a), d in zip(full.items(), [-0.5, -0.4, -0.6], strict=True)}
+    stats = paired_stats({"full": full, "up": up, "down": down, "one_seed": {1: 59.0}, "no_common": {5: 50.0}})
+    half = student_t.ppf(0.975, 2) * 1.0 / 3**0.5
+    assert stats["up"]["delta"] == pytest.approx(2.0)
+    assert stats["up"]["ci"] == pytest.approx((2.0 - half, 2.0 + half))
+    p_up = ttest_rel(list(up.values()), list(full.values())).pvalue
+    p_down = ttest_rel(list(down.values()), list(full.values())).pvalue
+    assert p_down < p_up
+    assert stats["up"]["p"] == pytest.approx(p_up) and stats["down"]["p"] == pytest.approx(p_down)
+    assert stats["down"]["holm"] == pytest.approx(2 * p_down)  # smallest of m = 2 tests: times 2
+    assert stats["up"]["holm"] == pytest.approx(max(2 * p_down, p_up))  # then times 1, kept monotone
+    assert stats["one_seed"]["delta"] == pytest.approx(-2.0) and stats["one_seed"]["ci"] is None
+    assert stats["one_seed"]["p"] is None and stats["one_seed"]["holm"] is None
+    assert stats["no_common"]["delta"] is None and stats["no_common"]["sd"] == 0.0
+    assert stats["full"]["delta"] is None and stats["full"]["sd"] == pytest.approx(1.0)
 
 
 def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, capsys):

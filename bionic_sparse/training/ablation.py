@@ -38,7 +38,7 @@ from .report import training_cpu_seconds
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-__all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plasticity_sizes", "main"]
+__all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plasticity_sizes", "paired_stats", "main"]
 
 # name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -268,7 +268,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
     with open(os.path.join(out, "ablations.md"), "w") as f:
         f.write(md + "\n")
     _bar_chart(os.path.join(out, "ablations.png"), per_metric)
-    _delta_chart(os.path.join(out, "ablations_delta.png"), per_metric)
+    _delta_chart(os.path.join(out, "ablations_delta.png"), stats)
     return md
 
 
@@ -362,7 +362,8 @@ def paired_stats(acc: dict[str, dict[int, float]], reference: str = "full") -> d
     """Per variant: accuracy over seeds and its paired difference to ``reference``.
 
     ``acc`` maps variant -> {seed: accuracy in %}. Each entry has ``mean``/``sd`` (sample std) of
-    the variant's own seeds and, over the seeds both have, ``delta`` (mean difference, points),
+    the variant's own seeds and, over the seeds both have, ``diffs`` (variant minus reference per
+    common seed, in seed order; empty for the reference), ``delta`` (their mean, points),
     ``ci`` (95 % t-interval of that mean, 2+ common seeds), ``p`` (paired t-test) and ``holm``
     (``p`` adjusted by Holm's step-down method over all variants with a ``p``: with 13 variants
     tested, one of them lands under 0.05 by chance about half the time). Missing values are None.
@@ -380,10 +381,11 @@ def paired_stats(acc: dict[str, dict[int, float]], reference: str = "full") -> d
             "ci": None,
             "p": None,
             "holm": None,
+            "diffs": [],
         }
         common = sorted(set(vals) & set(base))
         if variant != reference and common:
-            diffs = [vals[s] - base[s] for s in common]
+            entry["diffs"] = diffs = [vals[s] - base[s] for s in common]
             entry["delta"] = statistics.mean(diffs)
             if len(common) > 1:
                 half = student_t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
@@ -474,21 +476,12 @@ def _bar_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) ->
     _save(fig, path, "BioNIC ablations (mean ± std over seeds; dots are seeds; band: full model ± std)")
 
 
-def _delta_chart(path: str, per_metric: dict[str, dict[str, dict[int, float]]]) -> None:
+def _delta_chart(path: str, stats: dict[str, dict[str, dict]]) -> None:
     """Each variant minus the full model, seed by seed (paired): where the accuracy bars cannot
     show a 1-point difference beside the 20 points of the variant without the conv front end.
     The axis is scaled to the variants within 8 points of the full model; larger differences are
     drawn to the edge and labelled with their value."""
-    deltas = {
-        split: {
-            variant: [vals[s] - acc["full"][s] for s in sorted(set(vals) & set(acc["full"]))]
-            for variant, vals in acc.items()
-            if variant != "full"
-        }
-        for split, acc in per_metric.items()
-        if "full" in acc
-    }
-    deltas = {split: {v: d for v, d in per.items() if d} for split, per in deltas.items()}
+    deltas = {split: {v: e["diffs"] for v, e in per.items() if e["diffs"]} for split, per in stats.items()}
     deltas = {split: per for split, per in deltas.items() if per}
     drawn = _panels(path, deltas)
     if drawn is None:

@@ -235,6 +235,16 @@ def test_report_has_the_ten_crop_accuracy_beside_the_plain_one(tmp_path):
     assert rows[("full", "0")]["train_cpu_seconds"] == ""  # no epochs logged CPU time
 
 
+def test_report_names_a_malformed_results_file(tmp_path, capsys):
+    from bionic_sparse.training.ablation import main
+
+    (tmp_path / "full" / "seed0").mkdir(parents=True)
+    (tmp_path / "full" / "seed0" / "results.json").write_text("{not json")
+    assert main(["--report", "--out", str(tmp_path), "--seeds", "0", "--variants", "full"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "results.json is not valid JSON" in err[0]
+
+
 def test_paired_stats_give_the_interval_and_holm_adjusted_p():
     """Δ over common seeds with its 95 % t-interval and paired p; Holm's step-down adjustment over
     the variants tested, so that a reader of 13 comparisons is not misled by one small p."""

@@ -211,8 +211,12 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "dir": spec.out,
         }
         if spec.done:
-            with open(os.path.join(spec.out, "results.json")) as f:
-                r = json.load(f)
+            path = os.path.join(spec.out, "results.json")
+            with open(path) as f:
+                try:
+                    r = json.load(f)
+                except json.JSONDecodeError as e:  # a run cut off while writing, or a hand edit
+                    raise ValueError(f"{path} is not valid JSON ({e}); run that seed again or remove it") from None
             cpu_seconds = training_cpu_seconds(r["history"])
             rec.update(
                 private_acc=r["private_test"]["accuracy"],

@@ -12,7 +12,7 @@ from . import functional as F
 from .format import BlockSparseMatrix, as_mask_tensor
 from .plasticity import NOISE_MODES, dense_plasticity, post_moments, update_rate_
 
-__all__ = ["SparseConnectomeLinear", "MaskedLinear"]
+__all__ = ["SparseConnectomeLinear", "MaskedLinear", "parameter_counts"]
 
 _INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
 _SEEDS_KEPT = 64  # seeds of recent forwards that activation checkpointing may recompute
@@ -409,3 +409,32 @@ class MaskedLinear(_PlasticityMixin, nn.Module):
         if self.sign is not None:
             self.weight.clamp_(min=0.0)
         self.weight.mul_(self.mask)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """What a model trains, counted two ways.
+
+    - ``stored``: every element of every parameter (what ``sum(p.numel())`` gives; the stored
+      block slots of a connectome layer included, synapse or not);
+    - ``effective``: the weights training can change: a connectome layer counts its synapses
+      only (the other stored slots are zeroed after every step), every other parameter in full;
+    - ``connectome_synapses`` / ``connectome_stored``: the connectome layers' weights alone
+      (synapses, and the stored slots that hold them; biases not included).
+    """
+    masked: dict[int, int] = {}  # id(parameter) -> synapses it holds
+    for m in model.modules():
+        if isinstance(m, SparseConnectomeLinear):
+            masked[id(m.values)] = int(m.matrix.element_mask().sum())
+        elif isinstance(m, MaskedLinear):
+            masked[id(m.weight)] = int(m.mask.count_nonzero())
+    stored = effective = connectome_stored = 0
+    for p in model.parameters():
+        stored += p.numel()
+        effective += masked.get(id(p), p.numel())
+        connectome_stored += p.numel() if id(p) in masked else 0
+    return {
+        "stored": stored,
+        "effective": effective,
+        "connectome_synapses": sum(masked.values()),
+        "connectome_stored": connectome_stored,
+    }

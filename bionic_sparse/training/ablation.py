@@ -43,6 +43,8 @@ __all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plast
 # name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
 VARIANTS: dict[str, tuple[dict, dict]] = {
     "full": ({}, {}),
+    # the connectome masks alone: no Dale's law, no synaptic noise, no Hebbian, no homeostasis
+    "no_biology": ({}, {"signed": False, "noise_sigma": 0.0, "hebbian_eta": 0.0, "homeostasis_rate": 0.0}),
     "dense_masks": ({}, {"masks": "dense"}),
     "random_masks": ({}, {"masks": "random"}),
     "rewired_masks": ({}, {"masks": "rewired"}),

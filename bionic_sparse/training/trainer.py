@@ -47,13 +47,14 @@ from ..data import (
     to_float,
 )
 from ..models.bionic import BioNIC, ConventionalBaseline
+from ..nn import parameter_counts
 from ..plasticity import row_scale
 from ..runtime import code_revision, environment
 from .checkpoint import rng_state, save_atomic, set_rng_state
 from .config import NON_IDENTITY_FIELDS, TrainConfig
 from .report import plot_run, write_metrics
 
-__all__ = ["TrainConfig", "Run", "train", "evaluate", "shard", "QUICK_IMAGES"]
+__all__ = ["TrainConfig", "Run", "train", "evaluate", "save_predictions", "shard", "QUICK_IMAGES"]
 
 QUICK_IMAGES = 300  # per split, with quick=True
 EVAL_SPLITS = ("train", "public_test", "private_test")
@@ -72,7 +73,12 @@ class PlasticityProbe:
     - ``hebbian_over_opt_l<i>`` = ||W2 / s - Wc|| / ||W1 - W0||: the Hebbian (Oja) term alone,
       where Wc is W1 projected (Dale signs, synapse mask) and ``s`` each row's homeostatic scale;
     - ``homeostatic_over_opt_l<i>`` = ||W2 - W2 / s|| / ||W1 - W0||: the synaptic scaling alone
-      (exactly 0 when homeostasis is off).
+      (exactly 0 when homeostasis is off);
+    - ``<term>_rel_l<i>`` = ||dW_term|| / ||W0|| for ``opt`` (the optimiser), ``dale`` (the Dale
+      projection and mask), ``hebbian``, ``homeostatic`` and ``plastic`` (all after the optimiser):
+      the relative update size of each term, which stays meaningful when the learning rate is ~0;
+    - ``rate_mean_l<i>`` and ``rate_off_target_l<i>``: the units' rate EMA (mean) and its mean
+      relative distance ``|r - target| / target`` from homeostasis's target.
 
     The rule is ``W2 = ((Wc + eta (C - oja q W)) s)`` with sign flips stopped at zero, so the
     three parts (projection ``Wc - W1``, Hebbian, homeostatic) add up to ``W2 - W1``.
@@ -108,13 +114,23 @@ class PlasticityProbe:
             mask = getattr(layer, "synapse_mask", None) if hasattr(layer, "matrix") else getattr(layer, "mask", None)
             if mask is not None:
                 projected = projected * mask
-            ratios = {
-                "plastic_over_opt": float((w2 - w1).norm()),
-                "hebbian_over_opt": float((unscaled - projected).norm()),
-                "homeostatic_over_opt": float((w2 - unscaled).norm()),
+            sizes = {
+                "plastic": float((w2 - w1).norm()),
+                "dale": float((projected - w1).norm()),
+                "hebbian": float((unscaled - projected).norm()),
+                "homeostatic": float((w2 - unscaled).norm()),
             }
-            for name, size in ratios.items():
-                out[f"{name}_l{i}"] = size / opt if opt > 0 else float("nan")
+            for name in ("plastic", "hebbian", "homeostatic"):
+                out[f"{name}_over_opt_l{i}"] = sizes[name] / opt if opt > 0 else float("nan")
+            # the same terms in absolute terms, ||dW|| / ||W|| of the weights before the step: a
+            # ratio to the optimiser explodes when the learning rate goes to 0 whatever the term does
+            norm = float(w0.norm())
+            for name, size in (("opt", opt), *sizes.items()):
+                out[f"{name}_rel_l{i}"] = size / norm if norm > 0 else float("nan")
+            rate = layer.post_rate.detach().double()
+            out[f"rate_mean_l{i}"] = float(rate.mean())
+            # mean relative distance of the units' rates from homeostasis's target
+            out[f"rate_off_target_l{i}"] = float(((rate - self.target_rate).abs() / self.target_rate).mean())
         return out
 
 
@@ -154,8 +170,8 @@ def resolve_device(name: str, amp: bool = False) -> torch.device:
 
 # every file a run writes into its folder (a new run in a folder that holds any of them is refused
 # unless the user asks to overwrite it, and then they are deleted first)
-RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "confusion_matrix.png",
-             "learning_curves.png", "tb")  # fmt: skip
+RUN_FILES = ("config.json", "metrics.csv", "last.pt", "best.pt", "results.json", "predictions.npz",
+             "confusion_matrix.png", "learning_curves.png", "tb")  # fmt: skip
 
 
 def check_optional_dependencies(cfg: TrainConfig) -> None:
@@ -246,25 +262,56 @@ def evaluate(
     device: torch.device,
     batch_size: int = 512,
     tta: bool = False,
+    keep_predictions: bool = False,
 ) -> dict:
-    """Accuracy, per-class accuracy and the confusion matrix ``[true, predicted]``."""
+    """Accuracy, per-class accuracy and the confusion matrix ``[true, predicted]``; with
+    ``keep_predictions`` also ``predictions``, the predicted class of every image (uint8 ``[n]``)."""
     model.eval()
     confusion = torch.zeros(len(CLASSES), len(CLASSES), dtype=torch.int64)
+    preds = []
     for start in range(0, labels.numel(), batch_size):
         x = to_float(images[start : start + batch_size]).to(device)
         logits = ten_crop_logits(model, x) if tta else model(x)
         pred = logits.argmax(-1).cpu()
+        preds.append(pred.to(torch.uint8))
         confusion += torch.bincount(
             labels[start : start + batch_size] * len(CLASSES) + pred, minlength=len(CLASSES) ** 2
         ).view(len(CLASSES), len(CLASSES))
     per_class = (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist()
     acc = float(confusion.diag().sum() / max(confusion.sum(), 1))
-    return {
+    out = {
         "accuracy": acc,
         "per_class": dict(zip(CLASSES, per_class, strict=True)),
         "confusion": confusion.tolist(),
         "n": int(labels.numel()),
     }
+    if keep_predictions:
+        out["predictions"] = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.uint8)
+    return out
+
+
+PREDICTION_SPLITS = ("public_test", "private_test")
+
+
+def save_predictions(path: str, data: FER2013, results: dict) -> None:
+    """``predictions.npz`` (compressed, ~20 kB): for PublicTest and PrivateTest the labels
+    (``<split>_labels``), the predicted class of every image, plain (``<split>``) and ten-crop
+    (``<split>_tta``, when evaluated), and ``private_test_in_train`` (the exact copies of Training
+    images); the image-level tests of ``fer_table`` (McNemar, bootstrap) read it. Pops the
+    ``predictions`` entries from ``results``."""
+    import numpy as np
+
+    arrays = {"private_test_in_train": data.in_train("private_test").numpy()}
+    for split in PREDICTION_SPLITS:
+        arrays[f"{split}_labels"] = data.labels[split].numpy().astype(np.uint8)
+    for key, entry in results.items():
+        if isinstance(entry, dict) and "predictions" in entry:
+            pred = entry.pop("predictions")
+            if key in PREDICTION_SPLITS or key.removesuffix("_tta") in PREDICTION_SPLITS:
+                arrays[key] = pred.numpy()
+    tmp = path + ".tmp.npz"
+    np.savez_compressed(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 def _check_out_folder(cfg: TrainConfig) -> None:
@@ -600,16 +647,18 @@ class Run:
         if os.path.exists(self.best_path):
             model.load_state_dict(torch.load(self.best_path, map_location=device, weights_only=False)["model"])
         splits = [*self.eval_splits, "private_test"]
-        results = {s: evaluate(model, data.images[s], data.labels[s], device) for s in splits}
+        keep = {"keep_predictions": True}
+        results = {s: evaluate(model, data.images[s], data.labels[s], device, **keep) for s in splits}
         # PrivateTest without its exact copies of training images: what memorisation cannot reach
         unique = ~data.in_train("private_test")
         x_unique, y_unique = data.images["private_test"][unique], data.labels["private_test"][unique]
         results["private_test_unique"] = evaluate(model, x_unique, y_unique, device)
         if self.cfg.tta:  # ten-crop columns beside the plain ones, from the same checkpoint
             results.update(
-                {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True) for s in splits}
+                {f"{s}_tta": evaluate(model, data.images[s], data.labels[s], device, tta=True, **keep) for s in splits}
             )
             results["private_test_unique_tta"] = evaluate(model, x_unique, y_unique, device, tta=True)
+        counts = parameter_counts(model)
         results.update(
             {
                 "selected_on": self.cfg.select_on,
@@ -622,7 +671,10 @@ class Run:
                 "device": str(device),
                 "world_size": self.world,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "n_parameters": sum(p.numel() for p in model.parameters()),
+                # stored slots (every parameter element) and what training can change (synapses)
+                "n_parameters": counts["stored"],
+                "n_effective_parameters": counts["effective"],
+                "parameters": counts,
                 "data_source": data.source,
                 "data_file": os.path.basename(data.file) if data.file else None,
                 "data_md5": self.data_md5,
@@ -633,6 +685,7 @@ class Run:
                 "split_sizes": {s: y.numel() for s, y in data.labels.items()},
             }
         )
+        save_predictions(os.path.join(self.cfg.out, "predictions.npz"), data, results)
         with open(os.path.join(self.cfg.out, "results.json"), "w") as f:
             json.dump(results, f, indent=1)
         plot_run(self.cfg.out, self.history, results["private_test"]["confusion"])

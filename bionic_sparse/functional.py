@@ -16,6 +16,7 @@ __all__ = [
     "ActivityRecord",
     "plasticity_update",
     "apply_recorded_plasticity",
+    "record_activities",
     "check_gpu_block_size",
     "check_vector",
 ]
@@ -139,9 +140,12 @@ def bsr_linear(
     check_vector(bias, n_out, "bias", "output")
     if noise_mode not in NOISE_MODES:
         raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
-    noise_sigma = float(noise_sigma)
-    if not math.isfinite(noise_sigma) or noise_sigma < 0:
-        raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
+    # NOTE: under torch.compile(dynamic=True) a module's float attribute arrives as a SymFloat,
+    # which math.isfinite cannot trace: the value is checked in eager mode (and by the layer)
+    if not torch.compiler.is_compiling():
+        noise_sigma = float(noise_sigma)
+        if not math.isfinite(noise_sigma) or noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
     plastic = ()
     if record is not None:
         if not isinstance(record, ActivityRecord):
@@ -268,12 +272,41 @@ def plasticity_update(
     with torch.no_grad():
         b = matrix.block_size
         corr = pre.new_empty(matrix.nnzb, b, b, dtype=torch.promote_types(pre.dtype, torch.float32))
-        coo = (matrix.row, matrix.col, None, None)  # the raw presynaptic activity: no mask, no sign
-        ops.bsr_linear_dw_corr(None, pre, values, *coo, post, None, corr, _seed(0), sigma=0.0, multiplicative=True)
+        _correlation_into(matrix, pre, post, corr, values)
         post_sq = post_moments(post)[1].to(corr.dtype)
         out = values if inplace else values.detach().clone()
         _apply(matrix, out, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate)
     return out
+
+
+def record_activities(
+    matrix: BlockSparseMatrix, pre: torch.Tensor, post: torch.Tensor, record: ActivityRecord
+) -> ActivityRecord:
+    """Fill ``record`` from activities now, for a plasticity step that no backward pass precedes
+    (a forward under ``torch.no_grad()``): the moments of ``post`` and the Hebbian correlation
+    ``post^T pre / B`` on the stored blocks. The step then uses these statistics, not ``pre`` and
+    ``post``, so changing those tensors afterwards (``relu_``, ``+=``) cannot change what it learns."""
+    if not isinstance(record, ActivityRecord):
+        raise TypeError(f"record must be an ActivityRecord, got {type(record).__name__}")
+    n_out, n_in = matrix.shape
+    _check_activations(pre, n_in, "pre", matrix)
+    _check_activations(post, n_out, "post", matrix)
+    if pre.shape[:-1] != post.shape[:-1]:
+        raise ValueError(f"pre and post must share leading dims, got {tuple(pre.shape)} and {tuple(post.shape)}")
+    if not record.matches(matrix, pre.device):
+        raise ValueError("record was made for another topology or device")
+    with torch.no_grad():
+        record.expect_backward()
+        _correlation_into(matrix, pre, post, record.corr, matrix.values.detach())
+        record.moments = post_moments(post).to(record.corr.dtype)
+    return record
+
+
+def _correlation_into(matrix, pre, post, corr, values) -> None:
+    """``corr[nnzb, b, b]`` = ``post^T pre / B`` on the stored blocks (the raw activities: no mask,
+    no sign, no noise)."""
+    coo = (matrix.row, matrix.col, None, None)
+    ops.bsr_linear_dw_corr(None, pre, values, *coo, post, None, corr, _seed(0), sigma=0.0, multiplicative=True)
 
 
 def apply_recorded_plasticity(

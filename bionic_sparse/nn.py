@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -12,13 +13,18 @@ from . import functional as F
 from .format import BlockSparseMatrix, as_mask_tensor
 from .plasticity import NOISE_MODES, dense_plasticity, post_moments, update_rate_
 
-__all__ = ["SparseConnectomeLinear", "MaskedLinear", "parameter_counts"]
+__all__ = ["SparseConnectomeLinear", "MaskedLinear", "DenseWeight", "allow_rewiring", "parameter_counts"]
 
 _INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
 _SEEDS_KEPT = 64  # seeds of recent forwards that activation checkpointing may recompute
 
 
 def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -> BlockSparseMatrix:
+    if isinstance(mask, torch.Tensor) and mask.is_meta:
+        raise ValueError(
+            "mask is on the meta device, so it holds no wiring: make the mask outside the torch.device('meta') "
+            "context (e.g. torch.ones(..., device='cpu')); the layer itself may still be built on meta"
+        )
     if mask is None:
         R, C = math.ceil(out_features / block_size), math.ceil(in_features / block_size)
         return BlockSparseMatrix.from_block_mask(
@@ -39,6 +45,70 @@ def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -
     return topo
 
 
+# in-place Tensor methods whose names do not end in "_"
+_INPLACE_OPS = (
+    "add",
+    "sub",
+    "mul",
+    "truediv",
+    "floordiv",
+    "mod",
+    "pow",
+    "matmul",
+    "and",
+    "or",
+    "xor",
+    "lshift",
+    "rshift",
+)
+_INPLACE_DUNDERS = {f"__i{op}__" for op in _INPLACE_OPS} | {"__setitem__", "__set__"}
+
+
+class DenseWeight(torch.Tensor):
+    """What :attr:`SparseConnectomeLinear.weight` returns: the effective dense weight, attached to
+    the autograd graph of the stored blocks. Every operation works and returns a plain tensor,
+    except writing into it, which raises instead of silently changing nothing."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        target = args[0] if args else kwargs.get("tensor", kwargs.get("input"))  # nn.init passes tensor=
+        writes = isinstance(target, cls) and (
+            (name.endswith("_") and not name.endswith("__")) or name in _INPLACE_DUNDERS
+        )
+        if writes or isinstance(kwargs.get("out"), cls):
+            raise RuntimeError(
+                f"SparseConnectomeLinear.weight is computed from the stored blocks (W * M * sign, dense); "
+                f"writing into it ({name or 'out='}) would not change the layer: write into layer.values "
+                "([nnzb, b, b], e.g. nn.init on layer.values) or build the layer with from_linear()"
+            )
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **kwargs)
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return a.shape == b.shape and torch.equal(a.cpu(), b.cpu())
+
+
+@contextlib.contextmanager
+def allow_rewiring(model: nn.Module):
+    """Within this block, ``model.load_state_dict`` may replace the wiring of the model's
+    :class:`SparseConnectomeLinear` layers with the state_dict's (their ``load_wiring`` flag);
+    outside it, a state_dict with another wiring is refused with an error naming the layer."""
+    layers = [m for m in model.modules() if isinstance(m, SparseConnectomeLinear)]
+    before = [m.load_wiring for m in layers]
+    for m in layers:
+        m.load_wiring = True
+    try:
+        yield model
+    finally:
+        for m, flag in zip(layers, before, strict=True):
+            m.load_wiring = flag
+
+
 class _PlasticityMixin:
     """The plasticity protocol shared by the sparse and the dense-masked layer: record activity
     in the training step, then ``plasticity_step`` after the optimiser step."""
@@ -50,11 +120,27 @@ class _PlasticityMixin:
         """Update ``post_rate`` from the recorded activity, then the weights."""
         raise NotImplementedError
 
+    @property
+    def has_recorded_step(self) -> bool:
+        """True between a recording training forward and the :meth:`plasticity_step` that uses it."""
+        return self.last_pre is not None
+
+    def _keep_activities(self, pre: torch.Tensor, post: torch.Tensor) -> None:
+        """Keep references (not copies) to a training forward's activities, with their versions."""
+        self.last_pre, self.last_post = pre.detach(), post.detach()
+        self._kept_versions = (self.last_pre._version, self.last_post._version)
+
     def _take_activities(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.last_pre is None or self.last_post is None:
             raise RuntimeError("plasticity_step needs record_activity=True and a training forward first")
         pre, post = self.last_pre, self.last_post
         self.last_pre = self.last_post = None
+        if (pre._version, post._version) != self._kept_versions:
+            raise RuntimeError(
+                f"{type(self).__name__}.plasticity_step: the layer's input or output was changed in place after the "
+                "forward (e.g. relu_ or +=), so the activities it would learn from are not the ones the forward "
+                "computed; avoid in-place ops on them, or run the recording forward with gradients and its backward"
+            )
         return pre, post
 
     @torch.no_grad()
@@ -129,6 +215,9 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
         if device is not None and torch.device(device).type == "cuda":
             F.check_gpu_block_size(block_size)
+        # the device of the layer's tensors: ``device``, else the default (a ``torch.device``
+        # context manager included, e.g. "meta" for deferred initialisation)
+        device = torch.device(device) if device is not None else torch.empty(0).device
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.in_features = in_features
         self.out_features = out_features
@@ -137,25 +226,40 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self.noise_mode = noise_mode
         self._record_activity = False
         self._record: F.ActivityRecord | None = None
-        topo = _topology(mask, out_features, in_features, block_size)
-        for name, t in topo.index_tensors().items():
-            self.register_buffer(name, t.to(device))
-        self.register_buffer("synapse_mask", None if topo.synapse_mask is None else topo.synapse_mask.to(device))
         if sign is not None:
             F.check_vector(sign, in_features, "sign", "presynaptic input")
-            sign = sign.to(**factory)
-        self.register_buffer("sign", sign)
+        # The wiring is data, not an initialisation: it is built on the CPU whatever the default
+        # device, and a layer built on "meta" keeps a CPU copy that materialising restores.
+        with torch.device("cpu"):
+            topo = _topology(mask, out_features, in_features, block_size)
+            wiring = {**topo.index_tensors(), "synapse_mask": topo.synapse_mask}
+            wiring["sign"] = None if sign is None else sign.detach().to("cpu", factory["dtype"])
+        self._meta_wiring = wiring if device.type == "meta" else None
+        for name, t in wiring.items():
+            # copies: a layer never shares its wiring with another layer or with ``mask``
+            self.register_buffer(name, None if t is None else t.to(device, copy=True))
         self.register_buffer("post_rate", torch.zeros(out_features, **factory))
-        self.values = nn.Parameter(torch.empty(topo.nnzb, block_size, block_size, **factory))
+        self.blocks = nn.Parameter(torch.empty(topo.nnzb, block_size, block_size, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        self.noise_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        self.noise_seed = int(torch.randint(0, 2**31 - 1, (), device="cpu").item())
         # NOTE: the step counter is a CPU tensor, so that a compiled forward takes the seed as an
         # input instead of baking a new constant into every step's graph (one recompile per step)
-        self._noise_counter = torch.zeros((), dtype=torch.int64)
+        self._noise_counter = torch.zeros((), dtype=torch.int64, device="cpu")
+        self.load_wiring = False  # load_state_dict: refuse a state_dict with another wiring
         self._issued_seeds: list[torch.Tensor] = []  # for forwards recomputed by checkpointing
         self.last_pre: torch.Tensor | None = None
         self.last_post: torch.Tensor | None = None
         self.reset_parameters()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # "values" is the stored blocks' old name: ``layer.values -= lr * grad`` keeps working
+        super().__setattr__("blocks" if name == "values" else name, value)
+
+    @property
+    def values(self) -> torch.Tensor:
+        """The stored weights ``[nnzb, b, b]``: the parameter ``blocks`` (or its parametrized value
+        when a ``torch.nn.utils.parametrize`` parametrization is registered on ``blocks``)."""
+        return self.blocks
 
     @property
     def matrix(self) -> BlockSparseMatrix:
@@ -184,21 +288,48 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
 
     def reset_parameters(self) -> None:
         """``U(-1/sqrt(fan_in_i), 1/sqrt(fan_in_i))`` per row, as ``nn.Linear`` but with the
-        row's real fan-in; absolute values when a sign vector enforces Dale's law."""
+        row's real fan-in; absolute values when a sign vector enforces Dale's law. After
+        ``to_empty()`` of a layer built on the meta device, the wiring is restored first."""
+        self._restore_wiring()
         with torch.no_grad():
+            blocks = self._stored_blocks()
             fan_in = self.fan_in().clamp_min(1.0)
-            bound = fan_in.rsqrt().to(self.values.dtype)
+            bound = fan_in.rsqrt().to(blocks.dtype)
             b, R = self.block_size, self.crow.numel() - 1
             padded = torch.zeros(R * b, dtype=bound.dtype, device=bound.device)
             padded[: self.out_features] = bound
             row_bound = padded.view(R, b)[self.row.long()].unsqueeze(-1)  # [nnzb, b, 1]
-            self.values.uniform_(-1.0, 1.0).mul_(row_bound)
+            blocks.uniform_(-1.0, 1.0).mul_(row_bound)
             if self.sign is not None:
-                self.values.abs_()
-            self.values.mul_(self.matrix.element_mask())
+                blocks.abs_()
+            blocks.mul_(self.matrix.element_mask().to(blocks.device))
             if self.bias is not None:
                 self.bias.uniform_(-1.0, 1.0).mul_(bound)
             self.post_rate.zero_()
+
+    def _stored_blocks(self) -> nn.Parameter:
+        """The parameter that holds the blocks (what plasticity and Dale's projection change in
+        place); a parametrized ``blocks`` has no single stored tensor, so those refuse."""
+        if torch.nn.utils.parametrize.is_parametrized(self, "blocks"):
+            raise NotImplementedError(
+                "SparseConnectomeLinear: 'blocks' carries a parametrization, so its weights are computed, not "
+                "stored; plasticity, constrain_() and reset_parameters() change stored weights in place: use them "
+                "on a layer without a parametrization (or remove it with parametrize.remove_parametrizations)"
+            )
+        return self.blocks
+
+    def _restore_wiring(self) -> None:
+        """Put the CPU copy of the wiring back into the buffers of a layer that was built on the
+        meta device and has since been materialised (``to_empty``): the buffers hold garbage then."""
+        if self._meta_wiring is None or self.crow.is_meta:
+            return
+        with torch.no_grad():
+            for name, t in self._meta_wiring.items():
+                if t is not None:
+                    buf = getattr(self, name)
+                    buf.copy_(t.to(buf.dtype))
+            self.post_rate.zero_()
+        self._meta_wiring = None
 
     @property
     def noise_step(self) -> int:
@@ -239,11 +370,15 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             values=self.values,
             record=self._activity_record(matrix) if fused else None,
         )
-        if recording:
-            # kept for a plasticity step without backward (no copies: autograd holds them anyway)
-            self.last_pre, self.last_post = x.detach(), y.detach()
-            if not fused and self._record is not None:
-                self._record.clear()  # the newest forward is the one to learn from
+        if recording and fused:
+            # kept for a plasticity step that comes without a backward pass (no copies: autograd
+            # holds them anyway); their versions tell if they were changed in place since
+            self._keep_activities(x, y)
+        elif recording:
+            # no backward pass will fill the record: take the statistics now, from what this
+            # forward computed (an in-place op on x or y afterwards cannot change them)
+            self.last_pre = self.last_post = None
+            F.record_activities(matrix, x.detach(), y.detach(), self._activity_record(matrix))
         return y
 
     @property
@@ -270,9 +405,44 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        if self._record_activity:
+        # to_empty() of a meta-built layer: the wiring is data, restore it (skip_init included)
+        self._restore_wiring()
+        if self._record_activity and not self.crow.is_meta:
             self._activity_record(self.matrix)
         return out
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs):
+        # checkpoints written before the parameter was renamed "blocks" (to allow parametrizations)
+        if prefix + "values" in state_dict and prefix + "blocks" not in state_dict:
+            state_dict[prefix + "blocks"] = state_dict.pop(prefix + "values")
+        theirs = {name: state_dict.get(prefix + name) for name in (*_INDEX_NAMES, "synapse_mask")}
+        if all(theirs[name] is not None for name in _INDEX_NAMES):
+            differs = [name for name, t in theirs.items() if not _same_tensor(t, getattr(self, name))]
+            if differs and not self.load_wiring:
+                errs.append(
+                    f"{prefix or 'SparseConnectomeLinear'}: the state_dict holds another wiring "
+                    f"({', '.join(differs)} differ; {theirs['col'].numel()} blocks there, {self.nnzb} here). "
+                    "A state_dict carries the layer's wiring with its weights; to replace this layer's wiring "
+                    "with it, set load_wiring = True on the layer first (for a whole model: "
+                    "bionic_sparse.nn.allow_rewiring(model))"
+                )
+                return
+            if differs:  # asked for: take the other wiring, with its shapes
+                self._take_wiring(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, errs)
+
+    def _take_wiring(self, state_dict, prefix) -> None:
+        """Resize the blocks and the wiring buffers to those of ``state_dict`` (load_wiring=True)."""
+        with torch.no_grad():
+            for name in (*_INDEX_NAMES, "synapse_mask"):
+                t = state_dict.get(prefix + name)
+                setattr(self, name, None if t is None else torch.empty_like(t, device=self.crow.device))
+            nnzb = state_dict[prefix + "col"].numel()
+            b = self.block_size
+            self.blocks = nn.Parameter(self.blocks.new_empty(nnzb, b, b), requires_grad=self.blocks.requires_grad)
+            self._record = None
+            if self._record_activity:
+                self._activity_record(self.matrix)
 
     def get_extra_state(self) -> dict:
         # The noise counters are part of the state: a layer restored from a checkpoint continues
@@ -287,36 +457,49 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The effective dense weight ``W * M * sign`` ``[out_features, in_features]``, for code
-        written for ``nn.Linear`` that reads ``.weight``: a new tensor computed from ``values``
-        (read-only in effect: writing into it changes nothing; change ``values`` instead)."""
-        with torch.no_grad():
-            return self.dense_weight()
+        written for ``nn.Linear`` that reads ``.weight`` (``nn.MultiheadAttention``'s ``out_proj``,
+        weight tying, ``F.linear(x, layer.weight)``).
+
+        Differentiable back to the stored blocks: a module that multiplies with it trains the
+        synapses and only the synapses. Each read materialises the dense matrix (``out * in``
+        elements: the memory the block format saves). Writing into it (``nn.init.*_``, ``zero_``,
+        ``copy_``, ``w[...] = ...``) raises: the dense matrix is computed, the layer would not
+        change; write into ``values`` (``[nnzb, b, b]``) instead."""
+        return self.dense_weight().as_subclass(DenseWeight)
 
     def _plastic_weight(self) -> torch.Tensor:
-        return self.values
+        return self._stored_blocks()
 
     def _apply_plasticity(self, eta, oja, target_rate, homeo_rate, rate_momentum) -> None:
         rule = dict(eta=eta, oja=oja, post_rate=self.post_rate, target_rate=target_rate, homeo_rate=homeo_rate)
-        record = self._record
-        if record is not None and record.complete:  # the fused path: recorded by forward + backward
+        blocks, record = self._stored_blocks(), self._record
+        if record is not None and record.complete:  # recorded by forward + backward, or by a no-grad forward
             self.last_pre = self.last_post = None
             update_rate_(self.post_rate, record.moments[0], rate_momentum)
-            F.apply_recorded_plasticity(self.matrix, record, values=self.values, **rule)
+            F.apply_recorded_plasticity(self.matrix, record, values=blocks, **rule)
             return
         if record is not None:
             record.clear()  # a forward with gradients but no backward: use the activities
         pre, post = self._take_activities()
         update_rate_(self.post_rate, post_moments(post)[0], rate_momentum)
-        F.plasticity_update(self.matrix, pre, post, values=self.values, inplace=True, **rule)
+        F.plasticity_update(self.matrix, pre, post, values=blocks, inplace=True, **rule)
+
+    @property
+    def has_recorded_step(self) -> bool:
+        """True between a recording training forward and the :meth:`plasticity_step` that uses it."""
+        return self.last_pre is not None or (self._record is not None and self._record.pending)
 
     @torch.no_grad()
     def constrain_(self) -> None:
         """Project back onto the constraints after an optimiser step: non-negative weights
         when a sign vector is set (Dale's law) and zeros off the synapse mask."""
+        if self.sign is None and self.synapse_mask is None:
+            return
+        blocks = self._stored_blocks()
         if self.sign is not None:
-            self.values.clamp_(min=0.0)
+            blocks.clamp_(min=0.0)
         if self.synapse_mask is not None:
-            self.values.mul_(self.synapse_mask)
+            blocks.mul_(self.synapse_mask)
 
     def dense_weight(self) -> torch.Tensor:
         """Effective dense weight ``W * M * sign`` ``[out_features, in_features]`` (no noise)."""
@@ -390,7 +573,7 @@ class MaskedLinear(_PlasticityMixin, nn.Module):
             w = w * self.sign
         y = nn.functional.linear(x, w, self.bias)
         if self.record_activity and self.training:
-            self.last_pre, self.last_post = x.detach(), y.detach()
+            self._keep_activities(x, y)
         return y
 
     def _plastic_weight(self) -> torch.Tensor:

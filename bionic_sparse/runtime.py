@@ -36,6 +36,7 @@ __all__ = [
     "environment",
     "code_revision",
     "cpu_name",
+    "CpuShare",
     "ENV_REEXEC",
 ]
 
@@ -73,6 +74,40 @@ def reexec_with_passive_wait() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, *argv[1:]])
+
+
+class CpuShare:
+    """How much of the machine's CPU other processes used while a piece of work ran (Linux:
+    ``/proc/stat``): start it, do the work, read :meth:`others`. A timing taken while other
+    processes held the cores measures the sharing, not the code; this says when that happened."""
+
+    def __init__(self) -> None:
+        self._start = self._now()
+
+    @staticmethod
+    def _busy_seconds() -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    def _now(self) -> tuple[float | None, float, float]:
+        import time
+
+        return self._busy_seconds(), time.process_time(), time.perf_counter()
+
+    def others(self) -> float | None:
+        """The fraction of all cores' time (0 to 1) that other processes used since the start;
+        ``None`` where ``/proc/stat`` cannot be read."""
+        busy0, own0, wall0 = self._start
+        busy1, own1, wall1 = self._now()
+        if busy0 is None or busy1 is None or wall1 <= wall0:
+            return None
+        others = (busy1 - busy0) - (own1 - own0)
+        return min(1.0, max(0.0, others / ((wall1 - wall0) * (os.cpu_count() or 1))))
 
 
 def invocation(argv0: str, module: str) -> str:

@@ -27,6 +27,10 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import bionic_sparse as bs  # noqa: E402
+from bionic_sparse.runtime import CpuShare, cpu_name, reexec_with_passive_wait  # noqa: E402
+
+# other processes above this share of the cores make the timings the sharing's, not the engine's
+BUSY_WARNING = 0.1
 
 
 def synthetic_connectome_mask(n: int, block: int, density: float, gen: torch.Generator) -> torch.Tensor:
@@ -96,6 +100,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="runs/demo")
     args = ap.parse_args(argv)
+    if argv is None:  # the passive OpenMP wait policy, as the trainer: never spin against another job
+        reexec_with_passive_wait()
     os.makedirs(args.out, exist_ok=True)
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
@@ -118,11 +124,14 @@ def main(argv=None) -> int:
         "dense_masked": DemoNet(n_in, hidden, n_out, DenseMasked(mask)),
     }
     losses, seconds = {}, {}
+    share = CpuShare()
     for name, net in nets.items():
         losses[name], seconds[name] = train(
             net.to(args.device), teacher, args.steps, args.batch, n_in, args.device, args.seed + 1, name
         )
 
+    others = share.others()
+    threads, policy = torch.get_num_threads(), os.environ.get("OMP_WAIT_POLICY", "unset (GNU OpenMP spins)")
     with open(os.path.join(args.out, "metrics.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["step", *(f"loss_{k}" for k in nets)])
@@ -139,6 +148,12 @@ def main(argv=None) -> int:
         final_loss={k: sum(v[-20:]) / 20 for k, v in losses.items()},
         seconds=seconds,
         speedup_sparse_vs_dense_masked=seconds["dense_masked"] / seconds["sparse"],
+        threads=threads,
+        omp_wait_policy=policy,
+        other_processes_cpu_share=others,
+        cpu=cpu_name(),
+        cpu_count=os.cpu_count(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         torch=torch.__version__,
         bionic_sparse=bs.__version__,
         python=platform.python_version(),
@@ -170,7 +185,16 @@ def main(argv=None) -> int:
         pass
     for k in nets:
         print(f"{k:>15}: final loss {summary['final_loss'][k]:.3f}, {seconds[k]:.1f} s for {args.steps} steps")
-    print(f"sparse vs dense masked: {summary['speedup_sparse_vs_dense_masked']:.1f}x faster on {args.device}")
+    busy = "not measured" if others is None else f"other processes used {others:.0%} of the CPU meanwhile"
+    print(
+        f"sparse vs dense masked: {summary['speedup_sparse_vs_dense_masked']:.1f}x faster on {args.device} "
+        f"({threads} thread{'s' if threads > 1 else ''}, OMP_WAIT_POLICY={policy}; {busy})"
+    )
+    if others is not None and others > BUSY_WARNING:
+        print(
+            f"warning: the machine was busy ({others:.0%} of its CPU went to other processes), so these times "
+            "measure the sharing as much as the engine; run the demo again on an idle machine to compare"
+        )
     print(f"wrote {args.out}/metrics.csv, summary.json, loss.png")
     print(
         "next: BioNIC on FER-2013 (fer2013.csv from Kaggle, or its image-folder .zip):\n"

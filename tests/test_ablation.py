@@ -32,6 +32,7 @@ def tiny_csv(tmp_path_factory):
 def test_grid_covers_the_design():
     expected = {
         "full",
+        "no_biology",
         "dense_masks",
         "random_masks",
         "rewired_masks",
@@ -47,6 +48,9 @@ def test_grid_covers_the_design():
         "baseline",
     }
     assert set(VARIANTS) == expected
+    # the connectome masks alone: every biological feature off, the masks kept
+    _, no_biology = VARIANTS["no_biology"]
+    assert no_biology == {"signed": False, "noise_sigma": 0.0, "hebbian_eta": 0.0, "homeostasis_rate": 0.0}
 
 
 def test_report_statistics(tmp_path):
@@ -193,7 +197,9 @@ def test_fer_runs_script_makes_the_table(tiny_csv, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     table = (tmp_path / "fer" / "table.md").read_text()
-    assert "| full | 0 | 1 |" in table and "| baseline | 0 | 1 |" in table
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| 0 | 1 |" in rows["full"] and "| 0 | 1 |" in rows["baseline"]  # seeds, epochs
+    assert "| synthetic column, seed 0 |" in rows["full"] and "| none (dense layers) |" in rows["baseline"]
     assert (tmp_path / "fer" / "learning_curves.png").exists() and (
         tmp_path / "fer" / "confusion_best_full.png"
     ).exists()
@@ -286,7 +292,7 @@ def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, c
     assert main(["--report", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "| full | 2 | 61.00 ± 1.41 | - | - |" in out
-    assert "4 runs finished, 0 failed, 24 not run yet" in out
+    assert "4 runs finished, 0 failed, 26 not run yet" in out  # 15 variants x 2 seeds
     assert "| full | 0.2 | 0.02 |" in out and "| no_hebbian | 1e-07 | 0.03 |" in out
     assert "| baseline |" not in out.split("Size of each plasticity term")[1]
     with open(tmp_path / "ablations.csv") as f:
@@ -330,3 +336,26 @@ def test_report_only_of_a_missing_folder_is_one_error_line(tmp_path, capsys):
     assert main(["--report", "--out", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "nowhere" in err[0]
+
+
+def test_report_gives_no_test_for_a_model_that_predicts_one_class(tmp_path):
+    """A quick run that predicts "happy" for every image sits at chance: its p-values would mean
+    nothing, so the report marks them n/a, says why, and leaves it out of Holm's adjustment."""
+    from bionic_sparse.training.ablation import report
+
+    spread = [[5 if i == j else 1 for j in range(7)] for i in range(7)]
+    one_class = [[0, 0, 0, 7, 0, 0, 0] for _ in range(7)]
+    for seed in range(3):
+        for variant, acc, confusion in (("full", 0.40 + seed / 100, spread), ("no_noise", 0.25, one_class),
+                                        ("unsigned", 0.38 + seed / 50, spread)):  # fmt: skip
+            _fake_run(tmp_path, variant, seed, acc, [])
+            path = tmp_path / variant / f"seed{seed}" / "results.json"
+            r = json.loads(path.read_text())
+            r["private_test"]["confusion"] = confusion
+            path.write_text(json.dumps(r))
+    report(str(tmp_path), [0, 1, 2], ["full", "no_noise", "unsigned"])
+    md = (tmp_path / "ablations.md").read_text()
+    assert "| no_noise | 3 | 25.00 ± 0.00 | n/a | n/a | n/a | n/a |" in md
+    assert "n/a: no_noise predicts a single class for every PrivateTest image" in md
+    unsigned = next(line for line in md.splitlines() if line.startswith("| unsigned |"))
+    assert unsigned.split("|")[6].strip() == unsigned.split("|")[7].strip()  # Holm over one test: p itself

@@ -80,6 +80,23 @@ def test_plasticity_uses_recorded_activity_and_changes_weights():
     assert not (layer.values * ~layer.matrix.element_mask()).any()
 
 
+def test_plasticity_scale_multiplies_both_rates():
+    """``after_optimizer_step(scale)`` (the trainer's plasticity_schedule="lr"): 0 leaves the Dale
+    projection only, 1 the configured rates."""
+    import copy
+
+    torch.manual_seed(0)
+    model = BioNIC(small(hebbian_eta=1e-2, homeostasis_rate=0.05)).train()
+    stopped, full = model, copy.deepcopy(model)
+    x = torch.randn(4, 1, 48, 48)
+    for m, scale in ((stopped, 0.0), (full, 1.0)):
+        before = [layer.values.detach().clone() for layer in m.connectome_layers()]
+        m(x)
+        m.after_optimizer_step(scale)
+        changed = [not torch.equal(b, layer.values) for b, layer in zip(before, m.connectome_layers(), strict=True)]
+        assert any(changed) == (scale > 0)
+
+
 def test_baseline_has_same_widths_and_no_biology():
     cfg = small()
     bionic, base = BioNIC(cfg), ConventionalBaseline(cfg)

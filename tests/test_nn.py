@@ -69,7 +69,7 @@ def test_state_dict_round_trip_and_conversions():
     x = torch.randn(3, 56)
     assert torch.equal(a(x), b(x))
     assert {
-        "values",
+        "blocks",
         "bias",
         "crow",
         "col",

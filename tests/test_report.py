@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 
 from bionic_sparse.training.fer_table import main
-from bionic_sparse.training.report import accuracy_table, collect_runs
+from bionic_sparse.training.report import (
+    accuracy_table,
+    collect_runs,
+    image_level_tests,
+    mcnemar_exact,
+    split_incomparable,
+)
 
 
 def _result(seed: int, acc: float, tta: float | None, epochs: int = 3, cpu_seconds: float | None = 90.0) -> dict:
@@ -49,11 +55,10 @@ def test_table_and_figures_from_both_folder_layouts(tmp_path, capsys):
     assert [r["seed"] for r in groups["full"]] == [0, 1, 2] and len(groups["extra"]) == 1
     lines = accuracy_table(groups).splitlines()
     full = next(line for line in lines if line.startswith("| full |"))
-    assert (
-        "| 0,1,2 | 3 | 52.00 ± 2.00 | 54.00 ± 2.00 | - | 51.00 ± 2.00 | 3.0 | 4.5 | 100 | Test CPU (2 cores) |" in full
-    )
+    expected = "| 0,1,2 | 3 | 52.00 ± 2.00 | - | 54.00 ± 2.00 | - | 51.00 ± 2.00 | 3.0 | 4.5 | 100 | Test CPU"
+    assert expected in full
     extra = next(line for line in lines if line.startswith("| extra |"))
-    assert "| 30.00 ± 0.00 | - |" in extra  # no ten-crop column in that run
+    assert "| 30.00 ± 0.00 | - | - |" in extra  # no ten-crop column in that run
     assert "| 3.0 | - | 100 |" in extra  # nor CPU time
     assert main([str(tmp_path), "--out", str(tmp_path / "rep"), "--models", "full", "baseline"]) == 0
     for name in ("table.md", "learning_curves.png", "confusion_best_full.png", "confusion_best_baseline.png"):
@@ -72,3 +77,60 @@ def test_the_table_names_every_machine_its_runs_used(tmp_path):
         (d / "results.json").write_text(json.dumps(r))
     line = accuracy_table(collect_runs(str(tmp_path))).splitlines()[2]
     assert "| AMD EPYC (2 cores); Intel Xeon (2 cores) |" in line
+
+
+def _write_run(root, name: str, seed: int, acc: float, **over) -> dict:
+    r = {**_result(seed, acc, None, epochs=over.pop("epochs", 3)), **over}
+    d = root / name / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps(r))
+    return r
+
+
+def test_fer_table_keeps_incomparable_runs_apart_and_says_so(tmp_path, capsys):
+    """A quick 1-epoch run, a 1-epoch run on other data and a 3-epoch run in one folder: three rows,
+    not one mean ± std, and a note naming what differs."""
+    _write_run(tmp_path, "runs", 0, 0.20, epochs=1, config={"quick": True, "epochs": 1})
+    _write_run(tmp_path, "runs", 1, 0.22, epochs=1, data_md5="3b75e369" + "0" * 24, config={"epochs": 1})
+    _write_run(tmp_path, "runs", 2, 0.30, epochs=3, config={"epochs": 3})
+    assert main([str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| runs [")]
+    assert len(rows) == 3, out
+    assert "note: the runs of 'runs' are not comparable (they differ in" in out and "epochs" in out
+    assert not any("± 8." in row for row in rows)  # nothing pooled
+    _write_run(tmp_path, "same", 0, 0.5)
+    _write_run(tmp_path, "same", 1, 0.6)  # comparable: one row
+    groups, notes = split_incomparable(collect_runs(str(tmp_path)))
+    assert [r["seed"] for r in groups["same"]] == [0, 1] and len(notes) == 1
+
+
+def test_image_level_tests_from_predictions(tmp_path, capsys):
+    """McNemar per seed from the discordant images and a paired bootstrap over seeds and images,
+    from each run's predictions.npz; the same numbers by hand."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 7, 500).astype(np.uint8)
+    for seed in (0, 1):
+        for name, p_right in (("full", 0.7), ("baseline", 0.6)):
+            right = rng.random(500) < p_right
+            pred = np.where(right, labels, (labels + 1) % 7).astype(np.uint8)
+            r = _write_run(tmp_path, name, seed, float(right.mean()))
+            np.savez_compressed(
+                tmp_path / name / f"seed{seed}" / "predictions.npz", private_test=pred, private_test_labels=labels
+            )
+            r["_pred"] = pred
+    groups = collect_runs(str(tmp_path))
+    text = image_level_tests(groups, [("full", "baseline")])
+    a = [np.load(tmp_path / "full" / f"seed{s}" / "predictions.npz")["private_test"] == labels for s in (0, 1)]
+    b = [np.load(tmp_path / "baseline" / f"seed{s}" / "predictions.npz")["private_test"] == labels for s in (0, 1)]
+    a_only, b_only = int((a[0] & ~b[0]).sum()), int((~a[0] & b[0]).sum())
+    assert f"| {a_only} | {b_only} | {mcnemar_exact(a_only, b_only):.3g} |" in text
+    mean = 100 * np.mean([x.mean() - y.mean() for x, y in zip(a, b, strict=True)])
+    assert f"full − baseline, PrivateTest, per image** (2 seeds with predictions of both): {mean:+.2f} points" in text
+    assert mcnemar_exact(10, 0) < 0.01 and mcnemar_exact(5, 5) == 1.0 and mcnemar_exact(0, 0) == 1.0
+    assert main([str(tmp_path)]) == 0
+    assert "## Image-level tests" in (tmp_path / "table.md").read_text()
+    assert main([str(tmp_path), "--compare", "full", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --compare: no runs named 'nope'")

@@ -4,6 +4,7 @@ safety, bad input, config files, the CLI, and DistributedDataParallel with two g
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import signal
@@ -134,7 +135,11 @@ def test_crash_while_saving_keeps_the_last_checkpoint(tiny_csv, tmp_path, monkey
 def test_quick_mode_records_what_it_ran(tiny_csv, tmp_path):
     res = train(cfg(tiny_csv, tmp_path, quick=True, epochs=5, batch_size=4))
     assert res["epochs"] == 1 and res["split_sizes"]["train"] == 28
-    assert json.loads((tmp_path / "config.json").read_text())["epochs"] == 1
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["epochs"] == 1
+    # config.json and results.json agree on every field, --quick included
+    assert config == json.loads((tmp_path / "results.json").read_text())["config"]
+    assert res["identity"]["epochs"] == 1
     with open(tmp_path / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1 and float(rows[0]["lr"]) > 0
@@ -391,3 +396,70 @@ def test_compiled_training_steps_equal_eager_ones(tiny_csv, tmp_path, monkeypatc
         diff = float((comp[name] - p).detach().norm())
         assert diff <= 0.05 * moved + 1e-7, (name, diff, moved)  # seen: at most 0.0065
     assert runs[True].history == runs[False].history == []
+
+
+def test_config_and_results_agree_on_every_field(tiny_csv, tmp_path):
+    res = train(cfg(tiny_csv, tmp_path, epochs=1, tta=True))
+    assert json.loads((tmp_path / "results.json").read_text())["config"] == json.loads(
+        (tmp_path / "config.json").read_text()
+    )
+    assert res["identity"]["epochs"] == res["config"]["epochs"] == res["epochs"] == 1
+
+
+def test_run_prints_its_estimated_length_at_the_start(tiny_csv, tmp_path, monkeypatch, capsys):
+    import bionic_sparse.training.trainer as trainer
+
+    monkeypatch.setattr(trainer, "ESTIMATE_STEPS", 1)
+    train(cfg(tiny_csv, tmp_path, epochs=2, batch_size=4))
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "estimate:" in text and "for the 2 epochs to go" in text
+    assert "to go)" in text  # the first epoch's line gives the time left
+
+
+def _out_mistakes(tmp_path) -> dict:
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    return {
+        "existing file": (str(a_file), None, "is a file, not a folder"),
+        "inside a file": (str(a_file / "run"), None, "is a file, so no folder can be made inside it"),
+        "read-only location": (str(tmp_path / "ro" / "run"), OSError(errno.EROFS, "Read-only file system"),
+                               "Read-only file system"),
+        "no permission": (str(tmp_path / "locked" / "run"), PermissionError(errno.EACCES, "Permission denied"),
+                          "Permission denied"),
+    }  # fmt: skip
+
+
+def test_out_mistakes_are_one_error_line_before_the_data_loads(tiny_csv, tmp_path, monkeypatch, capsys):
+    """Every ``--out`` that cannot hold a run ends in one ``error:`` line naming it, before the data
+    loads (the loader would fail the test), and leaves nothing behind. A read-only file system and
+    a missing permission are simulated: the checker's write test fails as the OS would make it."""
+    import tempfile
+
+    import bionic_sparse.training.trainer as trainer
+
+    def no_data(*a, **k):
+        raise AssertionError("the data loaded before --out was checked")
+
+    monkeypatch.setattr(trainer, "load_fer2013", no_data)
+    real_mkstemp = tempfile.mkstemp
+
+    def tree():
+        return sorted(str(p) for p in tmp_path.rglob("*"))
+
+    for case, (out, os_error, match) in _out_mistakes(tmp_path).items():
+        if os_error is not None:
+            os.makedirs(os.path.dirname(out))
+        before = tree()
+
+        def mkstemp(*a, _err=os_error, **k):
+            if _err is not None:
+                raise _err
+            return real_mkstemp(*a, **k)
+
+        monkeypatch.setattr(trainer.tempfile, "mkstemp", mkstemp)
+        code = main(["--sparse", "--data", tiny_csv, "--out", out, "--device", "cpu"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, case
+        assert len(err) == 1 and err[0].startswith("error: --out ") and match in err[0], (case, err)
+        assert tree() == before, case

@@ -2,11 +2,16 @@
 
 Sources (approximate figures; the MICrONs loader gives the real column):
 
-* Neuron counts: the MICrONs "Minnie column" (100 x 100 µm, all layers) holds 1,183 excitatory
-  and 164 inhibitory neurons (Schneider-Mizell et al., "Inhibitory specificity from a connectomic
-  census of mouse visual cortex", Nature 2025; bioRxiv 10.1101/2023.01.23.525290). The split per
-  layer below is our approximation of that census's subclass counts (excitatory types carry their
-  layer: 23P, 4P, 5P-IT/ET/NP, 6P-IT/CT).
+* Neuron counts: 1,183 excitatory and 164 inhibitory neurons in the MICrONs "Minnie column"
+  (100 x 100 µm, all layers), as the abstract of the first preprint of the column census gives
+  them (Schneider-Mizell et al., "Cell-type-specific inhibitory circuitry from a connectomic census
+  of mouse visual cortex", bioRxiv 10.1101/2023.01.23.525290 v1, Jan 2023: "all 1183 excitatory
+  neurons within a 100 micron column", "all 164 inhibitory interneurons"). Its later versions
+  (v3, Jan 2024; Nature 2025, "Inhibitory specificity from a connectomic census of mouse visual
+  cortex") describe a population of 1,352 cells, and the column's reference table
+  (``allen_v1_column_types_slanted_ref``) lists ~1,357; the counts here are kept at v1's so that
+  results stay comparable. The split per layer below is our approximation of the census's
+  subclass counts (excitatory types carry their layer: 23P, 4P, 5P-IT/ET/NP, 6P-IT/CT).
 * Layer depths (µm below the pia): approximate mouse-V1 boundaries used to place somata.
 * Connection probabilities: within-column values for mouse V1 in the ranges reported by
   multi-patch recordings at < 100 µm intersomatic distance (Campagnola et al., "Local

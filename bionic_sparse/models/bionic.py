@@ -165,16 +165,17 @@ class BioNIC(nn.Module):
         return self.readout(self.dropout(h))
 
     @torch.no_grad()
-    def after_optimizer_step(self) -> None:
-        """Dale projection, then Hebbian + homeostatic plasticity from this step's activities."""
+    def after_optimizer_step(self, plasticity_scale: float = 1.0) -> None:
+        """Dale projection, then Hebbian + homeostatic plasticity from this step's activities;
+        ``plasticity_scale`` multiplies both rates (the trainer's ``plasticity_schedule="lr"``)."""
         for layer in self.connectome_layers():
             layer.constrain_()
-            if self.plastic and self.training and layer.last_pre is not None:
+            if self.plastic and self.training and layer.has_recorded_step:
                 layer.plasticity_step(
-                    eta=self.cfg.hebbian_eta,
+                    eta=self.cfg.hebbian_eta * plasticity_scale,
                     oja=self.cfg.oja,
                     target_rate=self.cfg.target_rate,
-                    homeo_rate=self.cfg.homeostasis_rate,
+                    homeo_rate=self.cfg.homeostasis_rate * plasticity_scale,
                 )
 
 

@@ -38,7 +38,8 @@ from .report import training_cpu_seconds
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-__all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plasticity_sizes", "paired_stats", "main"]
+__all__ = ["VARIANTS", "RunSpec", "run_ablations", "report", "summarize", "plasticity_sizes", "paired_stats",
+           "predicts_one_class", "main"]  # fmt: skip
 
 # name -> (overrides of TrainConfig, overrides of BioNICConfig); the grid of design/bionic.md.
 VARIANTS: dict[str, tuple[dict, dict]] = {
@@ -211,6 +212,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
             "cpu_capability": "",
             "code_revision": "",
             "dir": spec.out,
+            "single_class": "",  # the run predicts one class for every PrivateTest image (chance level)
         }
         if spec.done:
             path = os.path.join(spec.out, "results.json")
@@ -233,6 +235,7 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
                 cpu=r.get("versions", {}).get("cpu", ""),
                 cpu_capability=r.get("versions", {}).get("cpu_capability", ""),
                 code_revision=r.get("versions", {}).get("code_revision", ""),
+                single_class=_one_class(r["private_test"]),
             )
         rec.update(plasticity_sizes(r["history"] if spec.done else []))
         records.append(rec)
@@ -258,13 +261,23 @@ def summarize(out: str, specs: list[RunSpec], rows: list[dict]) -> str:
         header += f" {label} (mean ± std) | Δ vs full (points) | 95 % CI of Δ | paired t-test p | Holm p |"
         rule += "---|---|---|---|---|"
     lines = [header, rule]
-    stats = {split: paired_stats(acc) for split, acc in per_metric.items()}
+    # a model that predicts one class is at chance: a p-value about it says nothing
+    one_class = {rec["variant"] for rec in records if rec["single_class"] is True}
+    stats = {split: paired_stats(acc, exclude=one_class) for split, acc in per_metric.items()}
     for variant in variants:
         runs = max((len(acc.get(variant, {})) for acc in per_metric.values()), default=0)
         cells = [variant, str(runs)]
         for split in per_metric:
             cells += _stats_cells(stats[split].get(variant))
         lines.append("| " + " | ".join(cells) + " |")
+    if one_class:
+        lines += [
+            "",
+            f"n/a: {', '.join(sorted(one_class))} predict{'s' if len(one_class) == 1 else ''} a single class for every "
+            "PrivateTest image in at least one run (chance level), so no test is reported for "
+            + ("any variant (the reference is among them)" if "full" in one_class else "them")
+            + " and Holm's adjustment leaves them out.",
+        ]
     lines += _plasticity_table(records, variants)
     lines += _runs_table(records)
     failed = [f"{r['variant']}/seed{r['seed']}: {r['status']}" for r in records if r["status"].startswith("failed")]
@@ -364,7 +377,18 @@ def _runs_table(records: list[dict]) -> list[str]:
     ]
 
 
-def paired_stats(acc: dict[str, dict[int, float]], reference: str = "full") -> dict[str, dict]:
+def _one_class(split: dict) -> bool | str:
+    return predicts_one_class(split["confusion"]) if "confusion" in split else ""  # older files: unknown
+
+
+def predicts_one_class(confusion: list[list[int]]) -> bool:
+    """True when every image of a confusion matrix ``[true, predicted]`` got the same prediction."""
+    return sum(1 for j in range(len(confusion)) if any(row[j] for row in confusion)) <= 1
+
+
+def paired_stats(
+    acc: dict[str, dict[int, float]], reference: str = "full", exclude: set[str] | frozenset = frozenset()
+) -> dict[str, dict]:
     """Per variant: accuracy over seeds and its paired difference to ``reference``.
 
     ``acc`` maps variant -> {seed: accuracy in %}. Each entry has ``mean``/``sd`` (sample std) of
@@ -373,6 +397,8 @@ def paired_stats(acc: dict[str, dict[int, float]], reference: str = "full") -> d
     ``ci`` (95 % t-interval of that mean, 2+ common seeds), ``p`` (paired t-test) and ``holm``
     (``p`` adjusted by Holm's step-down method over all variants with a ``p``: with 13 variants
     tested, one of them lands under 0.05 by chance about half the time). Missing values are None.
+    Variants in ``exclude`` (models at chance level) get no test (``"meaningless": True``), and
+    none gets one when the reference is among them.
     """
     from scipy.stats import t as student_t
     from scipy.stats import ttest_rel
@@ -390,7 +416,8 @@ def paired_stats(acc: dict[str, dict[int, float]], reference: str = "full") -> d
             "diffs": [],
         }
         common = sorted(set(vals) & set(base))
-        if variant != reference and common:
+        entry["meaningless"] = variant in exclude or (reference in exclude and variant != reference)
+        if variant != reference and common and not entry["meaningless"]:
             entry["diffs"] = diffs = [vals[s] - base[s] for s in common]
             entry["delta"] = statistics.mean(diffs)
             if len(common) > 1:
@@ -418,6 +445,8 @@ def _stats_cells(entry: dict | None) -> list[str]:
     """mean ± std, Δ to the full model, its 95 % CI, paired t-test p, Holm-adjusted p."""
     if entry is None:
         return ["-"] * 5
+    if entry.get("meaningless"):
+        return [f"{entry['mean']:.2f} ± {entry['sd']:.2f}", "n/a", "n/a", "n/a", "n/a"]
     delta = "-" if entry["delta"] is None else f"{entry['delta']:+.2f}"
     ci = "-" if entry["ci"] is None else f"[{entry['ci'][0]:+.2f}, {entry['ci'][1]:+.2f}]"
     return [f"{entry['mean']:.2f} ± {entry['sd']:.2f}", delta, ci, _p_cell(entry["p"]), _p_cell(entry["holm"])]

@@ -44,6 +44,10 @@ class TrainConfig:
     overwrite: bool = False  # start over in an --out that holds another run (its files are deleted first)
     allow_code_change: bool = False  # --resume a run whose checkpoint other code wrote (recorded in results.json)
     tensorboard: bool = False
+    # "constant": the Hebbian rate and the homeostatic rate stay as configured all run (what every
+    # committed run did); "lr": both are scaled by the learning-rate schedule's factor (warm-up,
+    # cosine), so plasticity stops when the optimiser does
+    plasticity_schedule: str = "constant"
     model_config: BioNICConfig = field(default_factory=BioNICConfig)
 
     @classmethod
@@ -88,6 +92,8 @@ class TrainConfig:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
+        if self.plasticity_schedule not in ("constant", "lr"):
+            raise ValueError(f"plasticity_schedule must be 'constant' or 'lr', got {self.plasticity_schedule!r}")
         if self.select_on not in ("public_test", "holdout"):
             raise ValueError(f"select_on must be 'public_test' or 'holdout', got {self.select_on!r}")
         if self.select_on == "holdout" and not self.holdout > 0:

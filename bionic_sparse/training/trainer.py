@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -58,6 +59,20 @@ __all__ = ["TrainConfig", "Run", "train", "evaluate", "save_predictions", "shard
 
 QUICK_IMAGES = 300  # per split, with quick=True
 EVAL_SPLITS = ("train", "public_test", "private_test")
+
+
+# units per neuron from which a model is the GPU-sized default (a note says so on a CPU)
+GPU_SIZED_UNITS = 16
+
+# after this many steps of its first epoch, a run prints how long it will take
+ESTIMATE_STEPS = 20
+
+
+def _duration(seconds: float) -> str:
+    minutes = seconds / 60
+    if minutes < 1:
+        return f"{seconds:.0f} s"
+    return f"{minutes:.0f} min" if minutes < 90 else f"{minutes / 60:.1f} h"
 
 
 # every this many steps, the size of the plasticity update is compared with the optimiser's
@@ -192,6 +207,7 @@ def run_identity(cfg: TrainConfig, device: torch.device, data_md5: str | None) -
     from .. import __version__
 
     ident = json.loads(json.dumps(cfg.to_dict()))
+    ident["epochs"] = cfg.effective_epochs  # as config.json says: --quick runs one epoch
     for name in NON_IDENTITY_FIELDS:
         ident.pop(name, None)
     if ident.get("data"):
@@ -314,9 +330,33 @@ def save_predictions(path: str, data: FER2013, results: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_out_path(out: str, flag: str = "--out") -> None:
+    """``out`` can hold a run's files: it is a folder or can be made as one, and the nearest folder
+    of its path that exists accepts a new file (tried with a temporary file, removed at once, so
+    that a read-only file system or a missing permission shows up for every user, root included).
+    Raises ``ValueError`` naming the path; creates nothing."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"{flag} {out} is a file, not a folder: name a folder for the run's files")
+    existing = os.path.abspath(out)
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{flag} {out}: {existing} is a file, so no folder can be made inside it")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".bionic-write-check-", dir=existing)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(
+            f"{flag} {out}: cannot write into {existing} ({e.strerror or e}); choose a folder you can write to"
+        ) from None
+
+
 def _check_out_folder(cfg: TrainConfig) -> None:
     """A new run never mixes with an old one: without ``resume``, an ``out`` holding a run's files
-    is refused unless ``overwrite`` (then :func:`_delete_run_files` clears it after validation)."""
+    is refused unless ``overwrite`` (then :func:`_delete_run_files` clears it after validation).
+    A path that cannot hold the run is refused first (:func:`check_out_path`)."""
+    check_out_path(cfg.out)
     if cfg.resume or cfg.overwrite or not os.path.isdir(cfg.out):
         return
     found = [name for name in RUN_FILES if os.path.exists(os.path.join(cfg.out, name))]
@@ -377,6 +417,8 @@ class Run:
     data_md5: str | None = field(init=False, default=None)
     identity: dict = field(init=False, default_factory=dict)  # run_identity(): what --resume must match
     code_revisions: list[dict] = field(init=False, default_factory=list)  # the code that trained the weights
+    _fit_t0: float | None = field(init=False, default=None)  # when fit() started (for the time left)
+    _bar: tqdm | None = field(init=False, default=None)  # the run's progress bar while fit() runs
 
     @property
     def epochs(self) -> int:
@@ -434,6 +476,12 @@ class Run:
             )
             for w in run.data_warnings:
                 print(f"warning: {w}")
+            if device.type == "cpu" and cfg.model_config.units_per_neuron >= GPU_SIZED_UNITS:
+                print(
+                    f"note: units_per_neuron {cfg.model_config.units_per_neuron} is the GPU-sized model; on a CPU "
+                    "--config configs/fer-cpu.json (5 epochs, ~9 min of training on one core) or "
+                    "configs/fer-cpu-30-front32.json (the accuracy table's, 81-113 CPU min) train the CPU configuration"
+                )
             run._write_config()
         return run
 
@@ -522,14 +570,20 @@ class Run:
                 f"start over with another --out, or --overwrite to delete the old run{hint}"
             )
 
-    def _write_config(self) -> None:
+    def ran_config(self) -> dict:
+        """The config as it runs: ``config.json`` and ``results.json`` write this, field for field
+        (``--quick`` trains one epoch whatever ``epochs`` says, so ``epochs`` is 1 there)."""
         ran = self.cfg.to_dict()
-        ran["epochs"] = self.epochs  # what runs: --quick trains one epoch whatever epochs says
+        ran["epochs"] = self.epochs
+        return ran
+
+    def _write_config(self) -> None:
         with open(os.path.join(self.cfg.out, "config.json"), "w") as f:
-            json.dump(ran, f, indent=1)
+            json.dump(self.ran_config(), f, indent=1)
 
     def train_epoch(self, epoch: int) -> dict:
-        """One pass over this rank's shard of the epoch's permutation; returns the metrics row."""
+        """One pass over this rank's shard of the epoch's permutation; returns the metrics row.
+        It advances the run's progress bar when :meth:`fit` made one, else the epoch gets its own."""
         cfg, model = self.cfg, self.model
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)  # shuffling and augmentation
@@ -538,14 +592,15 @@ class Run:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and self.device.type == "cuda" else None
         seen, correct, loss_sum, lr, t0 = 0, 0, 0.0, 0.0, time.perf_counter()
         cpu0 = time.process_time()  # CPU time of every thread of this process
-        bar = tqdm(
-            range(0, perm.numel(), cfg.batch_size),
-            desc=f"epoch {epoch + 1}/{self.epochs}",
-            disable=self.rank != 0,
-            leave=False,
-        )
+        starts = range(0, perm.numel(), cfg.batch_size)
+        bar = self._bar
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=len(starts), desc=f"epoch {epoch + 1}/{self.epochs}", disable=self.rank != 0, leave=False)
+        else:
+            bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
         probes: list[dict[str, float]] = []
-        for step, start in enumerate(bar):
+        for step, start in enumerate(starts):
             idx = perm[start : start + cfg.batch_size]
             x = to_float(x_train[idx]).to(self.device, non_blocking=True)
             y = y_train[idx].to(self.device)
@@ -565,7 +620,8 @@ class Run:
             self.sched.step()
             if probe is not None:
                 probe.after_optimizer()
-            model.after_optimizer_step()
+            # the plasticity rates follow the schedule with plasticity_schedule="lr": this step's factor
+            model.after_optimizer_step(lr / cfg.lr if cfg.plasticity_schedule == "lr" else 1.0)
             if probe is not None:
                 probes.append(probe.after_plasticity())
             self._sync_plastic()
@@ -573,6 +629,11 @@ class Run:
             correct += int((logits.argmax(-1) == y).sum())
             loss_sum += float(loss.detach()) * y.numel()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
+            bar.update(1)
+            if step + 1 == ESTIMATE_STEPS and epoch == self.start_epoch and self.rank == 0:
+                self._print_estimate(time.perf_counter() - t0, step + 1, len(starts))
+        if own_bar:
+            bar.close()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
         return {
             "epoch": epoch + 1,
@@ -584,6 +645,16 @@ class Run:
             "cpu_seconds": cpu_seconds,  # this rank's; below seconds x threads when it waited for a core
             **{k: sum(p[k] for p in probes) / len(probes) for k in (probes[0] if probes else {})},
         }
+
+    def _print_estimate(self, seconds: float, steps: int, steps_per_epoch: int) -> None:
+        """The run's length, measured: the first ``steps`` training steps on this machine, scaled."""
+        per_epoch = seconds / steps * steps_per_epoch
+        left = self.epochs - self.start_epoch
+        tqdm.write(
+            f"estimate: {_duration(per_epoch)} of training per epoch, {_duration(per_epoch * left)} for the "
+            f"{left} epoch{'s' if left > 1 else ''} to go (from the first {steps} steps here; evaluation after "
+            "each epoch adds to it; the bar's ETA follows the whole run)"
+        )
 
     def _sync_plastic(self) -> None:
         """Average the plastic weights (changed outside autograd) so that ranks stay identical."""
@@ -635,8 +706,17 @@ class Run:
             f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
             + f" public {row['public_acc']:.4f}"
             + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
-            + f" ({row['images_per_s']:.0f} img/s)"
+            + f" ({row['images_per_s']:.0f} img/s"
+            + (f", about {_duration(self._time_left(epoch))} to go)" if epoch + 1 < self.epochs else ")")
         )
+
+    def _time_left(self, epoch: int) -> float:
+        """The remaining epochs at the mean wall time of the epochs this process ran (evaluation in)."""
+        now = time.perf_counter()
+        if self._fit_t0 is None:
+            self._fit_t0 = now
+        done = epoch + 1 - self.start_epoch
+        return (now - self._fit_t0) / max(done, 1) * (self.epochs - epoch - 1)
 
     def finish(self) -> dict:
         """Evaluate the best checkpoint on every split (and with ten crops when ``tta``), write
@@ -666,7 +746,7 @@ class Run:
                 "epochs": self.epochs,
                 "history": self.history,
                 "seed": self.cfg.seed,
-                "config": self.cfg.to_dict(),
+                "config": self.ran_config(),
                 "versions": environment(),
                 "device": str(device),
                 "world_size": self.world,
@@ -704,14 +784,28 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(os.path.join(self.cfg.out, "tb"))
+        # one bar over the run's steps, averaged over all of them (smoothing 0) with the evaluations
+        # in its clock, so its ETA is the run's remaining time, not the current epoch's
+        self._fit_t0 = time.perf_counter()
+        self._bar = bar = tqdm(
+            total=self.epochs * self.steps_per_epoch,
+            initial=self.start_epoch * self.steps_per_epoch,
+            desc=f"epoch {self.start_epoch + 1}/{self.epochs}",
+            unit="step",
+            smoothing=0,
+            disable=self.rank != 0,
+        )
         try:
             for epoch in range(self.start_epoch, self.epochs):
                 self.end_epoch(epoch, self.train_epoch(epoch))
                 if writer is not None:
                     for k, v in self.history[-1].items():
                         writer.add_scalar(k, v, epoch + 1)
+            bar.close()
             return self.finish()
         finally:
+            bar.close()
+            self._bar = None
             if writer is not None:
                 writer.close()
 

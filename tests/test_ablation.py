@@ -359,3 +359,14 @@ def test_report_gives_no_test_for_a_model_that_predicts_one_class(tmp_path):
     assert "n/a: no_noise predicts a single class for every PrivateTest image" in md
     unsigned = next(line for line in md.splitlines() if line.startswith("| unsigned |"))
     assert unsigned.split("|")[6].strip() == unsigned.split("|")[7].strip()  # Holm over one test: p itself
+
+
+def test_out_that_names_a_file_is_one_error_line(tmp_path, capsys):
+    from bionic_sparse.training.ablation import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for out, match in ((a_file, "is a file, not a folder"), (a_file / "grid", "no folder can be made inside it")):
+        assert main(["--quick", "--out", str(out), "--seeds", "0", "--variants", "full"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: --out ") and match in err[0]

@@ -134,3 +134,12 @@ def test_image_level_tests_from_predictions(tmp_path, capsys):
     assert "## Image-level tests" in (tmp_path / "table.md").read_text()
     assert main([str(tmp_path), "--compare", "full", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --compare: no runs named 'nope'")
+
+
+def test_fer_table_out_that_names_a_file_is_one_error_line(tmp_path, capsys):
+    _write_run(tmp_path, "full", 0, 0.5)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main([str(tmp_path), "--out", str(a_file)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --out ") and "is a file" in err[0]

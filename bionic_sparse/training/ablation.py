@@ -603,6 +603,9 @@ def main(argv: list[str] | None = None) -> int:
             base["allow_code_change"] = True
         base.pop("out", None)
         base.pop("seed", None)
+        from .trainer import check_out_path
+
+        check_out_path(args.out)  # a file, a path inside a file, nowhere to write: before any run starts
         if args.report:
             rows = report(args.out, args.seeds, args.variants)
         else:

@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.compare:
         pairs = []
     out = args.out or args.root
+    from .trainer import check_out_path
+
+    try:
+        check_out_path(out)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     os.makedirs(out, exist_ok=True)
     table = "\n".join([accuracy_table(groups), *([""] + notes if notes else [])])
     first = next(iter(groups.values()))[0]

@@ -255,20 +255,27 @@ def test_dynamic_shape_compile_trains_with_noise_and_plasticity(monkeypatch, met
     monkeypatch.setenv("BIONIC_SPARSE_BACKEND", method)
     torch._dynamo.reset()
     eager, comp = _plastic_pair(noise=0.1)
+    _dynamic_compile_matches_eager(eager, comp, batches=(3, 5, 9))
+    assert comp.noise_step == eager.noise_step == 3
+
+
+def _dynamic_compile_matches_eager(eager: nn.Module, comp: nn.Module, batches: tuple[int, ...]) -> None:
+    """Train ``comp`` compiled with dynamic shapes and ``eager`` side by side, one step per batch
+    size (noise, backward, plasticity): no recompile after the first, the same outputs and weights."""
+    import torch._dynamo
+
     compiled = torch.compile(comp, dynamic=True, fullgraph=True, backend="aot_eager")
-    rule = dict(eta=1e-2, homeo_rate=0.01)
-    for i, batch in enumerate((3, 5, 9)):
-        x = torch.randn(batch, 48)
+    for i, batch in enumerate(batches):
+        x = torch.randn(batch, eager.in_features)
         with torch._dynamo.config.patch(error_on_recompile=i > 0):
             got = compiled(x)
         want = eager(x)
         got.square().sum().backward()
         want.square().sum().backward()
-        comp.plasticity_step(**rule)
-        eager.plasticity_step(**rule)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        for layer in (comp, eager):
+            layer.plasticity_step(eta=1e-2, homeo_rate=0.01)
     torch.testing.assert_close(comp.values, eager.values, rtol=1e-5, atol=1e-6)
-    assert comp.noise_step == eager.noise_step == 3
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -421,18 +428,7 @@ def test_triton_backend_dynamic_compile_and_plasticity_snapshots(monkeypatch):
     eager = bs.SparseConnectomeLinear(48, 32, mask=mask, block_size=16, noise_sigma=0.2).train()
     eager.record_activity = True
     comp, snap = copy.deepcopy(eager), copy.deepcopy(eager)
-    compiled = torch.compile(comp, dynamic=True, fullgraph=True, backend="aot_eager")
-    for i, batch in enumerate((3, 5)):
-        x = torch.randn(batch, 48)
-        with torch._dynamo.config.patch(error_on_recompile=i > 0):
-            got = compiled(x)
-        want = eager(x)
-        got.square().sum().backward()
-        want.square().sum().backward()
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-        for layer in (comp, eager):
-            layer.plasticity_step(eta=1e-2, homeo_rate=0.01)
-    torch.testing.assert_close(comp.values, eager.values, rtol=1e-5, atol=1e-6)
+    _dynamic_compile_matches_eager(eager, comp, batches=(3, 5))
     ref = copy.deepcopy(snap)
     x = torch.randn(4, 48)
     with torch.no_grad():

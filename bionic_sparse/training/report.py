@@ -315,7 +315,8 @@ def plot_comparison(groups: dict[str, list[dict]], out: str, models: tuple[str, 
         ax.set_ylabel("%")
         _integer_epochs(ax, ep)
         ax.legend()
-    fig.suptitle("mean over seeds, band: min..max")
+    wirings = sorted({connectome_label(groups[n][0]) for n in names} - {"none (dense layers)", "-"})
+    fig.suptitle("mean over seeds, band: min..max" + (f"; connectome: {'; '.join(wirings)}" if wirings else ""))
     fig.tight_layout()
     path = os.path.join(out, "learning_curves.png")
     fig.savefig(path, dpi=130)
@@ -327,7 +328,9 @@ def plot_comparison(groups: dict[str, list[dict]], out: str, models: tuple[str, 
         path = os.path.join(out, f"confusion_best_{name}.png")
         acc = 100 * best[key]["accuracy"]
         label = "ten-crop " if key.endswith("_tta") else ""
-        title = f"{DISPLAY_NAMES.get(name, name)}, seed {best['seed']}\nPrivateTest {label}{acc:.2f} %"
+        wiring = connectome_label(best)
+        wiring = "" if wiring in ("-", "none (dense layers)") else f"\n{wiring}"
+        title = f"{DISPLAY_NAMES.get(name, name)}, seed {best['seed']}{wiring}\nPrivateTest {label}{acc:.2f} %"
         plot_confusion(path, best[key]["confusion"], title)
         written.append(path)
     return written

@@ -3,6 +3,9 @@
 python scripts/connectome.py fetch --cache data/microns_v1300 [--version 1300] [--proofread-axons]
 python scripts/connectome.py summary [--connectome synthetic|DIR] [--seed 0] [--block-size 32]
 python scripts/connectome.py plot [--connectome synthetic|DIR] [--out runs/connectome]
+python scripts/connectome.py volume [--seed 0] [--neurons 82247] [--json FILE]
+python scripts/connectome.py import-csv CONNECTIONS CELLS --out DIR [--min-synapses 1] [--strict]
+python scripts/connectome.py import-h5 FILE.h5 --out DIR [--group full_matrix] [--count-property n]
 """
 
 from __future__ import annotations
@@ -19,10 +22,16 @@ from bionic_sparse import BlockSparseMatrix  # noqa: E402
 from bionic_sparse.connectome import (  # noqa: E402
     DEFAULT_PATHWAY,
     LAYERS,
+    VOLUME_NEURONS,
+    ExportFormatError,
     MicronsError,
+    cached_volume,
     fetch_column,
     laminar_masks,
     load_connectome,
+    load_conntility_h5,
+    load_csv_export,
+    volume_summary,
 )
 from bionic_sparse.connectome.microns import DEFAULT_DATASTACK, DEFAULT_VERSION  # noqa: E402
 
@@ -127,6 +136,77 @@ def cmd_plot(args) -> int:
     return 0
 
 
+def _peak_rss_gb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
+def _rss_gb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1e6
+    return float("nan")
+
+
+def cmd_volume(args) -> int:
+    """Build (or read from the cache) the synthetic volume; print and optionally save its summary."""
+    import json
+    import time
+
+    before = _rss_gb()
+    t0 = time.perf_counter()
+    volume = cached_volume(seed=args.seed, n_neurons=args.neurons, cache=args.cache, progress=True)
+    seconds = time.perf_counter() - t0
+    edge_bytes = volume.pre.nbytes + volume.post.nbytes + volume.n_synapses.nbytes
+    summary = volume_summary(volume)
+    summary["build_or_load"] = dict(
+        seconds=round(seconds, 1),
+        rss_before_gb=round(before, 3),
+        peak_rss_gb=round(_peak_rss_gb(), 3),
+        edge_arrays_gb=round(edge_bytes / 1e9, 3),
+        peak_over_edge_arrays=round((_peak_rss_gb() - before) * 1e9 / max(edge_bytes, 1), 2),
+    )
+    print(volume.summary())
+    b = summary["build_or_load"]
+    print(
+        f"\n{seconds:.1f} s; peak RSS {b['peak_rss_gb']:.2f} GB ({b['rss_before_gb']:.2f} GB before), "
+        f"edge arrays {b['edge_arrays_gb']:.2f} GB: peak growth {b['peak_over_edge_arrays']:.2f}x the edge arrays"
+    )
+    print(
+        "connection probability by lateral distance (µm): "
+        + ", ".join(
+            f"{d['from_um']:.0f}-{d['to_um']:.0f}: {d['p']:.4f}" for d in summary["probability_by_distance"] if d["p"]
+        )
+    )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(summary, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Read a static export (CSV pair or conntility HDF5) and save it as a Column directory."""
+    try:
+        if args.cmd == "import-csv":
+            column = load_csv_export(
+                args.connections, args.cells, min_synapses=args.min_synapses, strict=args.strict, progress=True
+            )
+        else:
+            column = load_conntility_h5(args.file, group=args.group, count_property=args.count_property)
+    except (FileNotFoundError, ExportFormatError, ImportError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(column.summary())
+    dropped = {k: v for k, v in column.meta.items() if k.startswith("dropped")}
+    print("dropped: " + ", ".join(f"{k[8:]} {v}" for k, v in dropped.items()))
+    column.save(args.out)
+    print(f"saved to {args.out} (use it with --connectome {args.out})")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="connectome tools for bionic-sparse")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -146,8 +226,27 @@ def main(argv=None) -> int:
         p.add_argument("--block-size", type=int, default=32)
         if name == "plot":
             p.add_argument("--out", default="runs/connectome")
+    v = sub.add_parser("volume", help="build or load the synthetic whole volume and print its statistics")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument(
+        "--neurons", type=int, default=VOLUME_NEURONS, help=f"about how many neurons (default {VOLUME_NEURONS})"
+    )
+    v.add_argument("--cache", default=None, help="cache directory (default $BIONIC_SPARSE_CACHE/volumes)")
+    v.add_argument("--json", default=None, help="also write the summary (and build time, peak RSS) to this file")
+    c = sub.add_parser("import-csv", help="read a connections_with_nuclei + cell-type CSV export into a Column")
+    c.add_argument("connections")
+    c.add_argument("cells")
+    c.add_argument("--out", required=True)
+    c.add_argument("--min-synapses", type=int, default=1)
+    c.add_argument("--strict", action="store_true", help="refuse edges whose ids are not neurons of CELLS")
+    h = sub.add_parser("import-h5", help="read a conntility ConnectivityMatrix HDF5 file into a Column")
+    h.add_argument("file")
+    h.add_argument("--out", required=True)
+    h.add_argument("--group", default="full_matrix")
+    h.add_argument("--count-property", default=None)
     args = ap.parse_args(argv)
-    return {"fetch": cmd_fetch, "summary": cmd_summary, "plot": cmd_plot}[args.cmd](args)
+    commands = {"fetch": cmd_fetch, "summary": cmd_summary, "plot": cmd_plot, "volume": cmd_volume}
+    return commands.get(args.cmd, cmd_import)(args)
 
 
 if __name__ == "__main__":

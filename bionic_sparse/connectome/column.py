@@ -6,8 +6,13 @@ On-disk format (``format_version`` 1), a directory with three files:
   neuron; ``excitatory`` is 1/0; ``y_um`` is depth below the pia);
 * ``synapses.csv.gz``: ``pre,post,n_synapses,size`` (row indices into ``neurons``, one row per
   connected ordered pair, synapse counts and summed synapse size in voxels);
-* ``manifest.json``: ``format_version``, ``source`` (``"synthetic"`` or ``"microns"``),
-  ``datastack``, ``materialization_version``, ``query_date``, ``seed`` and any other metadata.
+* ``manifest.json``: ``format_version``, ``source`` (``"synthetic"``, ``"synthetic-volume"``,
+  ``"microns"``, ...), ``datastack``, ``materialization_version``, ``query_date``, ``seed`` and any
+  other metadata.
+
+``format_version`` 2 (written for more than :data:`CSV_MAX_EDGES` edges, e.g. a whole volume) keeps
+``neurons.csv.gz`` and ``manifest.json`` and stores the edges in ``edges.npz`` (numpy, compressed):
+``pre``/``post`` (int32 when the neurons fit), ``n_synapses`` and ``size`` (empty when unknown).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ __all__ = ["Column", "ColumnSummary", "LAYERS", "FORMAT_VERSION"]
 
 LAYERS = ("L1", "L23", "L4", "L5", "L6")
 FORMAT_VERSION = 1
+NPZ_FORMAT_VERSION = 2
+CSV_MAX_EDGES = 2_000_000  # larger edge lists are saved as edges.npz (CSV would take minutes)
 
 
 @dataclass
@@ -69,6 +76,41 @@ def _as_array(values: Any, dtype: Any, name: str) -> np.ndarray:
     return arr
 
 
+def _as_integers(values: Any, name: str, compact: Any) -> np.ndarray:
+    """1-D integers, kept in ``compact`` (a smaller dtype) when they already are in it, else int64:
+    a volume's edge arrays stay int32/int16 instead of doubling."""
+    arr = np.asarray(values)
+    if arr.dtype != compact:
+        if arr.size and arr.dtype.kind not in "iu":
+            if arr.dtype.kind == "f" and np.all(np.mod(arr, 1) == 0):
+                arr = arr.astype(np.int64)
+            else:
+                raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+    return _as_array(arr, arr.dtype, name)
+
+
+def _segment_keys(pre: np.ndarray, post: np.ndarray, n: int, chunk: int = 1 << 22):
+    """``pre * n + post`` (int64) in chunks: the duplicate check never holds a second copy of the
+    edge list."""
+    for s in range(0, pre.size, chunk):
+        yield pre[s : s + chunk].astype(np.int64) * max(n, 1) + post[s : s + chunk]
+
+
+def _sorted_unique(pre: np.ndarray, post: np.ndarray, n: int) -> bool | None:
+    """True if the edges are sorted by (pre, post) without repeats, False if a pair repeats in
+    sorted input, None when they are not sorted (then the caller checks otherwise)."""
+    last = None
+    for key in _segment_keys(pre, post, n):
+        step = np.diff(key) if last is None else np.diff(np.r_[last, key])
+        if np.any(step < 0):
+            return None
+        if np.any(step == 0):
+            return False
+        last = key[-1]
+    return True
+
+
 @dataclass
 class Column:
     """A cortical column.
@@ -102,25 +144,30 @@ class Column:
         self.excitatory = _as_array(self.excitatory, bool, "excitatory")
         self.layer = _as_array(self.layer, object, "layer").astype(str)
         self.position = np.asarray(self.position, dtype=np.float64).reshape(-1, 3)
-        self.pre = _as_array(self.pre, np.int64, "pre")
-        self.post = _as_array(self.post, np.int64, "post")
-        self.n_synapses = _as_array(self.n_synapses, np.int64, "n_synapses")
-        self.size = _as_array(self.size, np.float64, "size")
+        self.pre = _as_integers(self.pre, "pre", np.int32)
+        self.post = _as_integers(self.post, "post", np.int32)
+        self.n_synapses = _as_integers(self.n_synapses, "n_synapses", np.int16)
+        size = np.asarray(self.size)
+        self.size = _as_array(size, np.float32 if size.dtype == np.float32 else np.float64, "size")
         n = self.neuron_id.size
         for name in ("cell_type", "excitatory", "layer", "position"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} rows, expected one per neuron ({n})")
         e = self.pre.size
         for name in ("post", "n_synapses", "size"):
-            if getattr(self, name).size != e:
-                raise ValueError(f"{name} has {getattr(self, name).size} entries, expected one per edge ({e})")
+            got = getattr(self, name).size
+            if got != e and not (name == "size" and got == 0):
+                raise ValueError(f"{name} has {got} entries, expected one per edge ({e})")
         if e and (self.pre.min() < 0 or self.pre.max() >= n or self.post.min() < 0 or self.post.max() >= n):
             raise ValueError(f"pre/post must be neuron row indices in [0, {n})")
         if np.any(self.pre == self.post):
             raise ValueError("autapses (pre == post) are not allowed")
         if e and np.any(self.n_synapses < 1):
             raise ValueError("n_synapses must be >= 1 for every edge")
-        if np.unique(self.pre * max(n, 1) + self.post).size != e:
+        ordered = _sorted_unique(self.pre, self.post, n)
+        if ordered is False or (
+            ordered is None and np.unique(self.pre.astype(np.int64) * max(n, 1) + self.post).size != e
+        ):
             raise ValueError("duplicate (pre, post) edges: aggregate synapses per pair first")
         bad = sorted(set(self.layer) - set(LAYERS))
         if bad:
@@ -136,6 +183,8 @@ class Column:
         data = {"count": self.n_synapses, "binary": np.ones(self.pre.size), "size": self.size}.get(weight)
         if data is None:
             raise ValueError(f"weight must be 'count', 'binary' or 'size', got {weight!r}")
+        if data.size != self.pre.size:
+            raise ValueError("weight='size': this connectome has no synapse sizes")
         n = self.n_neurons
         return sp.csr_matrix((data.astype(np.float64), (self.post, self.pre)), shape=(n, n))
 
@@ -149,25 +198,51 @@ class Column:
         return np.flatnonzero(keep)
 
     def summary(self) -> ColumnSummary:
-        adj = self.adjacency("binary")
+        """Counts, probabilities and degrees from the edge arrays (linear in the edges, so a whole
+        volume's summary takes seconds)."""
+        n = self.n_neurons
         layers = [lay for lay in LAYERS if np.any(self.layer == lay)]
+        code = np.full(n, -1, dtype=np.int64)
+        for k, lay in enumerate(layers):
+            code[self.layer == lay] = k
         neurons = {
             lay: {
-                "E": int(np.sum((self.layer == lay) & self.excitatory)),
-                "I": int(np.sum((self.layer == lay) & ~self.excitatory)),
+                "E": int(np.sum((code == k) & self.excitatory)),
+                "I": int(np.sum((code == k) & ~self.excitatory)),
             }
-            for lay in layers
+            for k, lay in enumerate(layers)
         }
+        L = len(layers)
 
-        def prob(pre_idx: np.ndarray, post_idx: np.ndarray) -> float:
-            pairs = pre_idx.size * post_idx.size - np.intersect1d(pre_idx, post_idx).size
-            return float(adj[post_idx][:, pre_idx].sum() / pairs) if pairs > 0 else float("nan")
+        def pair_counts(group: np.ndarray, n_groups: int) -> np.ndarray:
+            counts = np.zeros(n_groups * n_groups, dtype=np.int64)
+            step = 1 << 22
+            for s in range(0, self.pre.size, step):
+                key = group[self.pre[s : s + step]] * n_groups + group[self.post[s : s + step]]
+                counts += np.bincount(key, minlength=n_groups * n_groups)
+            return counts.reshape(n_groups, n_groups)
 
-        layer_p = {(a, b): prob(self.indices(a), self.indices(b)) for a in layers for b in layers}
-        classes = {"E": self.indices(excitatory=True), "I": self.indices(excitatory=False)}
-        ei_p = {(a, b): prob(classes[a], classes[b]) for a in "EI" for b in "EI"}
-        in_deg = np.asarray(adj.sum(1)).ravel()
-        out_deg = np.asarray(adj.sum(0)).ravel()
+        def prob(edges: int, n_pre: int, n_post: int, same: bool) -> float:
+            pairs = n_pre * n_post - (n_pre if same else 0)
+            return float(edges / pairs) if pairs > 0 else float("nan")
+
+        sizes = [neurons[lay]["E"] + neurons[lay]["I"] for lay in layers]
+        by_layer = pair_counts(code, L)
+        layer_p = {
+            (a, b): prob(int(by_layer[i, j]), sizes[i], sizes[j], i == j)
+            for i, a in enumerate(layers)
+            for j, b in enumerate(layers)
+        }
+        cls = (~self.excitatory).astype(np.int64)  # 0 = E, 1 = I
+        by_class = pair_counts(cls, 2)
+        n_class = [int(np.sum(cls == 0)), int(np.sum(cls == 1))]
+        ei_p = {
+            (a, b): prob(int(by_class[i, j]), n_class[i], n_class[j], i == j)
+            for i, a in enumerate("EI")
+            for j, b in enumerate("EI")
+        }
+        in_deg = np.bincount(self.post, minlength=n)
+        out_deg = np.bincount(self.pre, minlength=n)
 
         def stats(d: np.ndarray) -> dict[str, float]:
             return (
@@ -182,9 +257,9 @@ class Column:
             ei_connection_probability=ei_p,
             in_degree=stats(in_deg),
             out_degree=stats(out_deg),
-            n_neurons=self.n_neurons,
+            n_neurons=n,
             n_connections=int(self.pre.size),
-            n_synapses=int(self.n_synapses.sum()),
+            n_synapses=int(self.n_synapses.sum(dtype=np.int64)),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -203,9 +278,18 @@ class Column:
             ["neuron_id", "cell_type", "excitatory", "layer", "x_um", "y_um", "z_um"],
             rows,
         )
-        edges = zip(self.pre.tolist(), self.post.tolist(), self.n_synapses.tolist(), self.size.tolist(), strict=True)
-        _write_csv(os.path.join(path, "synapses.csv.gz"), ["pre", "post", "n_synapses", "size"], edges)
-        manifest = dict(self.meta, format_version=FORMAT_VERSION, n_neurons=self.n_neurons, n_edges=int(self.pre.size))
+        if self.pre.size > CSV_MAX_EDGES or self.size.size != self.pre.size:
+            version = NPZ_FORMAT_VERSION
+            tmp = os.path.join(path, "edges.tmp.npz")
+            np.savez_compressed(tmp, pre=self.pre, post=self.post, n_synapses=self.n_synapses, size=self.size)
+            os.replace(tmp, os.path.join(path, "edges.npz"))
+        else:
+            version = FORMAT_VERSION
+            edges = zip(
+                self.pre.tolist(), self.post.tolist(), self.n_synapses.tolist(), self.size.tolist(), strict=True
+            )
+            _write_csv(os.path.join(path, "synapses.csv.gz"), ["pre", "post", "n_synapses", "size"], edges)
+        manifest = dict(self.meta, format_version=version, n_neurons=self.n_neurons, n_edges=int(self.pre.size))
         tmp = os.path.join(path, "manifest.json.tmp")
         with open(tmp, "w") as f:
             json.dump(manifest, f, indent=1, sort_keys=True, default=str)
@@ -223,12 +307,24 @@ class Column:
         with open(manifest_path) as f:
             meta = json.load(f)
         version = meta.pop("format_version", None)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {version} is not supported (expected {FORMAT_VERSION})")
+        if version not in (FORMAT_VERSION, NPZ_FORMAT_VERSION):
+            raise ValueError(
+                f"{path}: format_version {version} is not supported (expected {FORMAT_VERSION} or {NPZ_FORMAT_VERSION})"
+            )
         meta.pop("n_neurons", None)
         meta.pop("n_edges", None)
         neurons = _read_csv(os.path.join(path, "neurons.csv.gz"))
-        edges = _read_csv(os.path.join(path, "synapses.csv.gz"))
+        if version == NPZ_FORMAT_VERSION:
+            with np.load(os.path.join(path, "edges.npz")) as f:
+                edges = {k: f[k] for k in ("pre", "post", "n_synapses", "size")}
+        else:
+            text = _read_csv(os.path.join(path, "synapses.csv.gz"))
+            edges = dict(
+                pre=np.asarray(text["pre"], dtype=np.int64),
+                post=np.asarray(text["post"], dtype=np.int64),
+                n_synapses=np.asarray(text["n_synapses"], dtype=np.int64),
+                size=np.asarray(text["size"], dtype=np.float64),
+            )
         return cls(
             neuron_id=[int(v) for v in neurons["neuron_id"]],
             cell_type=neurons["cell_type"],
@@ -237,10 +333,7 @@ class Column:
             position=np.stack([np.asarray(neurons[k], dtype=np.float64) for k in ("x_um", "y_um", "z_um")], 1)
             if neurons["x_um"]
             else np.zeros((0, 3)),
-            pre=np.asarray(edges["pre"], dtype=np.int64),
-            post=np.asarray(edges["post"], dtype=np.int64),
-            n_synapses=np.asarray(edges["n_synapses"], dtype=np.int64),
-            size=np.asarray(edges["size"], dtype=np.float64),
+            **edges,
             meta=meta,
         )
 

@@ -370,3 +370,18 @@ def test_out_that_names_a_file_is_one_error_line(tmp_path, capsys):
         assert main(["--quick", "--out", str(out), "--seeds", "0", "--variants", "full"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: --out ") and match in err[0]
+
+
+def test_a_call_for_some_runs_keeps_the_folders_other_runs_in_the_report(tmp_path):
+    """A grid filled over several calls (one variant or seed at a time): each call's report still
+    lists every finished run in the folder, in the grid's order."""
+    from bionic_sparse.training.ablation import report
+
+    for seed in (0, 1):
+        _fake_run(tmp_path, "full", seed, 0.60 + seed / 100, [])
+        _fake_run(tmp_path, "baseline", seed, 0.59, [])
+    _fake_run(tmp_path, "no_noise", 1, 0.58, [])
+    report(str(tmp_path), [1], ["no_noise"])
+    with open(tmp_path / "ablations.csv") as f:
+        rows = [(r["variant"], r["seed"]) for r in csv.DictReader(f)]
+    assert rows == [("full", "0"), ("full", "1"), ("no_noise", "1"), ("baseline", "0"), ("baseline", "1")]

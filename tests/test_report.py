@@ -143,3 +143,15 @@ def test_fer_table_out_that_names_a_file_is_one_error_line(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(a_file)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --out ") and "is a file" in err[0]
+
+
+def test_a_field_added_later_at_its_default_does_not_split_a_row(tmp_path):
+    """A run written before ``plasticity_schedule`` existed did what its default does: it pools
+    with a newer run that records ``"constant"``, and not with one that records ``"lr"``."""
+    _write_run(tmp_path, "m", 0, 0.5, config={"epochs": 30})
+    _write_run(tmp_path, "m", 1, 0.6, config={"epochs": 30, "plasticity_schedule": "constant"})
+    groups, notes = split_incomparable(collect_runs(str(tmp_path)))
+    assert [r["seed"] for r in groups["m"]] == [0, 1] and not notes
+    _write_run(tmp_path, "m", 2, 0.6, config={"epochs": 30, "plasticity_schedule": "lr"})
+    groups, notes = split_incomparable(collect_runs(str(tmp_path)))
+    assert len(groups) == 2 and "plasticity_schedule" in notes[0]

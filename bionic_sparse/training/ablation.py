@@ -98,6 +98,39 @@ def _launch(spec: RunSpec, cfg: dict, env: dict) -> dict:
     return {"variant": spec.variant, "seed": spec.seed, "status": status, "seconds": time.perf_counter() - t0}
 
 
+def _with_finished(out: str, specs: list[RunSpec], rows: list[dict], table: dict) -> tuple[list[RunSpec], list[dict]]:
+    """``specs``/``rows`` plus every finished run already in ``out`` that they do not name, so that
+    a call for some variants or seeds never drops the others' rows from the folder's report."""
+    named = {(sp.variant, sp.seed) for sp in specs}
+    found = []
+    for variant in table:
+        folder = os.path.join(out, variant)
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            if not (name.startswith("seed") and name[4:].isdigit()):
+                continue
+            spec = RunSpec(variant, int(name[4:]), os.path.join(folder, name))
+            if spec.done and (variant, spec.seed) not in named:
+                found.append(spec)
+    order = {v: i for i, v in enumerate(table)}
+    merged = sorted(
+        zip(
+            [*specs, *found],
+            [
+                *rows,
+                *(
+                    {"variant": sp.variant, "seed": sp.seed, "status": "done (skipped)", "seconds": None}
+                    for sp in found
+                ),
+            ],
+            strict=True,
+        ),
+        key=lambda pair: (order.get(pair[0].variant, len(order)), pair[0].seed),
+    )
+    return [sp for sp, _ in merged], [row for _, row in merged]
+
+
 def run_ablations(
     out: str,
     base: dict,
@@ -146,7 +179,7 @@ def run_ablations(
         for row in it:
             statuses[(row["variant"], row["seed"])] = row
     rows = [statuses[(sp.variant, sp.seed)] for sp in specs]
-    summarize(out, specs, rows)
+    summarize(out, *_with_finished(out, specs, rows, table))
     return rows
 
 
@@ -164,7 +197,7 @@ def report(out: str, seeds: list[int], variants: list[str] | None = None) -> lis
         {"variant": sp.variant, "seed": sp.seed, "status": "done" if sp.done else "not run", "seconds": None}
         for sp in specs
     ]
-    summarize(out, specs, rows)
+    summarize(out, *_with_finished(out, specs, rows, VARIANTS))
     return rows
 
 

@@ -134,7 +134,10 @@ def comparability_key(run: dict) -> dict:
     """What must be equal for two runs to share a row: the run's identity (its config with the
     data's md5, or for runs from before identities the config) without :data:`POOLABLE_FIELDS`,
     and the epochs it ran."""
-    ident = json.loads(json.dumps(run.get("identity") or run.get("config") or {}))
+    from .trainer import _with_added_defaults  # (trainer imports this module)
+
+    # a field added after a run was written is, at its default, what that run did
+    ident = _with_added_defaults(json.loads(json.dumps(run.get("identity") or run.get("config") or {})))
     for name in POOLABLE_FIELDS:
         ident.pop(name, None)
     ident["epochs"] = run.get("epochs")
@@ -203,7 +206,12 @@ def connectome_label(run: dict) -> str:
     if cfg.get("model") == "baseline" or masks == "none":
         return "none (dense layers)"
     source, seed = mc.get("connectome", "synthetic"), mc.get("connectome_seed", 0)
-    base = f"synthetic column, seed {seed}" if source == "synthetic" else f"{source}, seed {seed}"
+    if cfg.get("model") == "volume" and source == "volume":
+        base = f"synthetic volume ({mc.get('n_neurons', 82_247):,} neurons), seed {seed}"
+    elif source == "synthetic":
+        base = f"synthetic column, seed {seed}"
+    else:
+        base = f"{source}, seed {seed}"
     if masks == "connectome":
         return base
     if masks == "dense":

@@ -15,6 +15,14 @@ block) with four index views over the *same* blocks:
 ``synapse_mask[nnzb, b, b]`` (bool, optional) marks the synapses present inside each block; it is
 ``None`` when every stored block is full (all ``b * b`` entries inside the logical shape are
 synapses). All index tensors are int32 and built with vectorised argsort/bincount/cumsum.
+
+**Element storage** (``block_size = 1`` without the transposed index, :meth:`from_synapses`): for
+a matrix whose synapses fill few blocks, e.g. a whole volume at neuron resolution. It keeps one
+CSR, ``values[nnz, 1, 1]``, ``crow`` and ``col`` (plus the ``[C + 1]`` column pointers ``ccol_t``);
+``row``, ``row_t`` and ``perm_t`` are empty, since the element-level products
+(:mod:`bionic_sparse.backends.element`) scatter for the transpose and need neither. That is
+8 bytes per synapse, the size of an int32 CSR and 2/3 of torch's int64 CSR.
+:func:`storage_plan` chooses between blocks and element storage for one matrix.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BlockSparseMatrix", "BlockFill", "as_mask_tensor"]
+__all__ = ["BlockSparseMatrix", "BlockFill", "StoragePlan", "as_mask_tensor", "storage_plan"]
 
 _INDEX_DTYPE = torch.int32
 
@@ -113,8 +121,11 @@ class BlockSparseMatrix:
         synapse_mask: torch.Tensor | None = None,
         *,
         dtype: torch.dtype = torch.float32,
+        transposed_index: bool = True,
     ) -> None:
         b = _check_block_size(block_size)
+        if not transposed_index and (b != 1 or synapse_mask is not None):
+            raise ValueError("transposed_index=False (element storage) needs block_size 1 and no synapse_mask")
         n_out, n_in = _check_shape(shape)
         self.block_size = b
         self.shape = (n_out, n_in)
@@ -155,7 +166,7 @@ class BlockSparseMatrix:
             synapse_mask = synapse_mask & self._in_range_mask(block_row, block_col, synapse_mask.device)
         self.values = values
         self.synapse_mask = synapse_mask
-        self._build_index(block_row, block_col)
+        self._build_index(block_row, block_col, transposed_index)
 
     def _in_range_mask(self, block_row: torch.Tensor, block_col: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Bool ``[nnzb, b, b]``: entries that fall inside the logical shape."""
@@ -165,12 +176,17 @@ class BlockSparseMatrix:
         cols_ok = (block_col.to(device)[:, None] * b + o) < self.shape[1]  # [nnzb, b]
         return rows_ok[:, :, None] & cols_ok[:, None, :]
 
-    def _build_index(self, block_row: torch.Tensor, block_col: torch.Tensor) -> None:
+    def _build_index(self, block_row: torch.Tensor, block_col: torch.Tensor, transposed: bool = True) -> None:
         R, C = self.n_block_rows, self.n_block_cols
         zero = torch.zeros(1, dtype=torch.int64, device=block_row.device)
-        self.row = block_row.to(_INDEX_DTYPE)
         self.col = block_col.to(_INDEX_DTYPE)
         self.crow = torch.cat([zero, torch.bincount(block_row, minlength=R).cumsum(0)]).to(_INDEX_DTYPE)
+        if not transposed:  # element storage: one CSR (and the column pointers, for the shape)
+            empty = torch.zeros(0, dtype=_INDEX_DTYPE, device=block_row.device)
+            self.row, self.row_t, self.perm_t = empty, empty.clone(), empty.clone()
+            self.ccol_t = torch.cat([zero, torch.bincount(block_col, minlength=C).cumsum(0)]).to(_INDEX_DTYPE)
+            return
+        self.row = block_row.to(_INDEX_DTYPE)
         perm_t = torch.argsort(block_col * max(R, 1) + block_row, stable=True)
         self.perm_t = perm_t.to(_INDEX_DTYPE)
         self.row_t = block_row[perm_t].to(_INDEX_DTYPE)
@@ -190,6 +206,25 @@ class BlockSparseMatrix:
         return int(self.col.numel())
 
     @property
+    def is_element(self) -> bool:
+        """True for element storage (one CSR, no COO rows, no transposed index)."""
+        return self.block_size == 1 and self.row.numel() != self.col.numel()
+
+    def coo_row(self) -> torch.Tensor:
+        """Block row of every stored block ``[nnzb]`` (int32): ``row``, or derived from ``crow``
+        for element storage (a temporary, not kept)."""
+        if self.row.numel() == self.col.numel():
+            return self.row
+        counts = (self.crow[1:] - self.crow[:-1]).long()
+        ids = torch.arange(counts.numel(), dtype=_INDEX_DTYPE, device=self.crow.device)
+        return torch.repeat_interleave(ids, counts, output_size=self.nnzb)
+
+    def storage_bytes(self) -> int:
+        """Bytes of the stored values, index views and synapse mask."""
+        tensors = [self.values, self.synapse_mask, *self.index_tensors().values()]
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    @property
     def device(self) -> torch.device:
         return self.values.device
 
@@ -205,6 +240,8 @@ class BlockSparseMatrix:
         """Bool ``[nnzb, b, b]``: synapses inside each block (in-range entries if no mask)."""
         if self.synapse_mask is not None:
             return self.synapse_mask
+        if self.is_element:
+            return torch.ones(self.nnzb, 1, 1, dtype=torch.bool, device=self.values.device)
         return self._in_range_mask(self.row.long(), self.col.long(), self.values.device)
 
     def __repr__(self) -> str:
@@ -340,13 +377,65 @@ class BlockSparseMatrix:
             self.synapse_mask = syn
         return self
 
+    @classmethod
+    def from_synapses(
+        cls,
+        post: Any,
+        pre: Any,
+        shape: tuple[int, int],
+        weight: Any = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+    ) -> BlockSparseMatrix:
+        """Element storage (see the module docstring) of synapses ``pre[k] -> post[k]``.
+
+        ``shape = (n_out, n_in) = (n_post, n_pre)``; numpy or torch integer arrays (int32 kept:
+        a volume's edge list is not copied to int64 whole). Duplicate pairs are merged (weights
+        summed), as in :meth:`from_edges`.
+        """
+        n_out, n_in = _check_shape(shape)
+        post = torch.as_tensor(post).flatten()
+        pre = torch.as_tensor(pre).flatten()
+        for name, t, n in (("post", post, n_out), ("pre", pre, n_in)):
+            if t.dtype.is_floating_point or t.dtype == torch.bool:
+                raise TypeError(f"{name} must hold integer indices, got {t.dtype}")
+            if t.numel() and (int(t.min()) < 0 or int(t.max()) >= n):
+                raise ValueError(f"{name} indices must lie in [0, {n})")
+        if post.shape != pre.shape:
+            raise ValueError(f"post and pre must have the same length, got {post.numel()} and {pre.numel()}")
+        key = post.to(torch.int64) * max(n_in, 1) + pre
+        order = torch.argsort(key)
+        key = key[order]
+        values = None
+        if weight is not None:
+            weight = torch.as_tensor(weight).flatten()
+            if weight.numel() != post.numel():
+                raise ValueError(f"weight must have one entry per synapse ({post.numel()}), got {weight.numel()}")
+            values = weight[order].to(dtype)
+        del order
+        if key.numel() > 1 and bool((key[1:] == key[:-1]).any()):
+            key, inverse = torch.unique_consecutive(key, return_inverse=True)
+            if values is not None:
+                values = torch.zeros(key.numel(), dtype=dtype).index_add_(0, inverse, values)
+        nnz = key.numel()
+        values = torch.zeros(nnz, dtype=dtype) if values is None else values
+        return cls(
+            key // max(n_in, 1),
+            key % max(n_in, 1),
+            (n_out, n_in),
+            1,
+            values=values.view(nnz, 1, 1),
+            dtype=dtype,
+            transposed_index=False,
+        )
+
     def to_dense(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """Dense ``[n_out, n_in]`` matrix of ``values`` (default: ``self.values``), zero off the mask."""
         values = self.values if values is None else values
         b, R, C = self.block_size, self.n_block_rows, self.n_block_cols
         dense = values.new_zeros(R, C, b, b)
         masked = values if self.synapse_mask is None else values * self.synapse_mask.to(values.device)
-        dense[self.row.long(), self.col.long()] = masked
+        dense[self.coo_row().long(), self.col.long()] = masked
         return dense.permute(0, 2, 1, 3).reshape(R * b, C * b)[: self.shape[0], : self.shape[1]]
 
     def gather_blocks(self, dense: torch.Tensor) -> torch.Tensor:
@@ -356,14 +445,14 @@ class BlockSparseMatrix:
         b, R, C = self.block_size, self.n_block_rows, self.n_block_cols
         padded = dense.new_zeros(R * b, C * b)
         padded[: self.shape[0], : self.shape[1]] = dense
-        blocks = padded.view(R, b, C, b).permute(0, 2, 1, 3)[self.row.long(), self.col.long()]
+        blocks = padded.view(R, b, C, b).permute(0, 2, 1, 3)[self.coo_row().long(), self.col.long()]
         return blocks * self.element_mask().to(blocks.device)
 
     def to_dense_mask(self) -> torch.Tensor:
         """Dense bool ``[n_out, n_in]`` synapse mask."""
         b, R, C = self.block_size, self.n_block_rows, self.n_block_cols
-        dense = torch.zeros(R, C, b, b, dtype=torch.bool, device=self.row.device)
-        dense[self.row.long(), self.col.long()] = self.element_mask().to(self.row.device)
+        dense = torch.zeros(R, C, b, b, dtype=torch.bool, device=self.col.device)
+        dense[self.coo_row().long(), self.col.long()] = self.element_mask().to(self.col.device)
         return dense.permute(0, 2, 1, 3).reshape(R * b, C * b)[: self.shape[0], : self.shape[1]]
 
     def to_scipy(self, values: torch.Tensor | None = None) -> Any:
@@ -373,7 +462,7 @@ class BlockSparseMatrix:
         values = self.values if values is None else values
         b = self.block_size
         k, i, j = self.element_mask().cpu().nonzero(as_tuple=True)
-        rows = (self.row.long().cpu()[k] * b + i).numpy()
+        rows = (self.coo_row().long().cpu()[k] * b + i).numpy()
         cols = (self.col.long().cpu()[k] * b + j).numpy()
         data = values.detach().cpu()[k, i, j].double().numpy()
         return sp.csr_matrix((data, (rows, cols)), shape=self.shape)
@@ -411,3 +500,78 @@ class BlockSparseMatrix:
         parts = dict(self.__dict__)
         parts["values"] = values
         return BlockSparseMatrix.from_parts(parts)
+
+
+@dataclass(frozen=True)
+class StoragePlan:
+    """How one matrix is stored (:func:`storage_plan`): ``method`` is ``"element"`` or
+    ``"block"`` with ``block_size``; ``options`` lists every candidate's stored values and bytes;
+    ``csr_bytes`` is what torch's element-level CSR takes (float32 values, int64 indices)."""
+
+    shape: tuple[int, int]
+    n_synapses: int
+    method: str
+    block_size: int
+    stored_values: int
+    bytes: int
+    csr_bytes: int
+    options: dict[str, dict[str, float]]
+
+    def __str__(self) -> str:
+        lines = [
+            f"{self.shape[0]} x {self.shape[1]}, {self.n_synapses} synapses: {self.method} storage"
+            + (f" (b={self.block_size})" if self.method == "block" else "")
+            + f", {self.stored_values} stored values, {self.bytes / 1e6:.1f} MB"
+            f" ({self.bytes / max(self.csr_bytes, 1):.2f}x torch's CSR, {self.csr_bytes / 1e6:.1f} MB)"
+        ]
+        for name, o in self.options.items():
+            lines.append(
+                f"  {name:<9} fill {o['fill']:.3f}, {int(o['stored_values'])} values, {o['bytes'] / 1e6:.1f} MB"
+            )
+        return "\n".join(lines)
+
+
+def storage_plan(
+    post: Any,
+    pre: Any,
+    shape: tuple[int, int],
+    block_sizes: tuple[int, ...] = (16, 32, 64),
+    max_ratio: float = 1.5,
+) -> StoragePlan:
+    """Blocks where they are full enough, element storage otherwise.
+
+    For each ``b`` in ``block_sizes`` counts the blocks the synapses ``pre[k] -> post[k]`` touch
+    and the bytes block storage would take (values, five int32 index views, a bool synapse mask
+    when blocks are not full); element storage takes 8 bytes per synapse. The largest block size
+    whose bytes stay within ``max_ratio`` x the element storage wins (blocks run dense ``b x b``
+    products); else element storage. The choice depends on the neuron order: reorder first
+    (:func:`bionic_sparse.connectome.reorder`).
+    """
+    n_out, n_in = _check_shape(shape)
+    post = torch.as_tensor(post).flatten()
+    pre = torch.as_tensor(pre).flatten()
+    nnz = int(post.numel())
+    element = nnz * 8 + (n_out + 1 + n_in + 1) * 4
+    options = {"element": dict(fill=1.0, stored_values=float(nnz), bytes=float(element))}
+    best = ("element", 1, nnz, element)
+    for b in sorted(block_sizes):
+        b = _check_block_size(b)
+        C = math.ceil(n_in / b)
+        nnzb = int(torch.unique((post.to(torch.int64) // b) * C + pre.to(torch.int64) // b).numel())
+        slots = nnzb * b * b
+        full = slots == nnz
+        size = slots * 4 + (0 if full else slots) + nnzb * 5 * 4 + (math.ceil(n_out / b) + C + 2) * 4
+        options[f"block b={b}"] = dict(fill=nnz / max(slots, 1), stored_values=float(slots), bytes=float(size))
+        if size <= max_ratio * element:
+            best = ("block", b, slots, size)
+    method, b, stored, size = best
+    return StoragePlan(
+        shape=(n_out, n_in),
+        n_synapses=nnz,
+        method=method,
+        block_size=b,
+        stored_values=stored,
+        bytes=size,
+        csr_bytes=nnz * 12 + (n_out + 1) * 8,
+        options=options,
+    )

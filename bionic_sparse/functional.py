@@ -229,7 +229,9 @@ def _check_plasticity_args(matrix, post_rate, eta, oja, target_rate, homeo_rate)
 
 def _apply(matrix, values, corr, post_sq, post_rate, eta, oja, target_rate, homeo_rate) -> None:
     scale = row_scale(post_rate, target_rate, homeo_rate)
-    ops.bsr_plasticity_(values, corr, matrix.row, matrix.synapse_mask, post_sq, scale, eta=float(eta), oja=float(oja))
+    ops.bsr_plasticity_(
+        values, corr, matrix.crow, matrix.row, matrix.synapse_mask, post_sq, scale, eta=float(eta), oja=float(oja)
+    )
 
 
 def plasticity_update(
@@ -305,7 +307,7 @@ def record_activities(
 def _correlation_into(matrix, pre, post, corr, values) -> None:
     """``corr[nnzb, b, b]`` = ``post^T pre / B`` on the stored blocks (the raw activities: no mask,
     no sign, no noise)."""
-    coo = (matrix.row, matrix.col, None, None)
+    coo = (matrix.crow, matrix.row, matrix.col, None, None)
     ops.bsr_linear_dw_corr(None, pre, values, *coo, post, None, corr, _seed(0), sigma=0.0, multiplicative=True)
 
 

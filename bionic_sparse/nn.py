@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import functional as F
-from .format import BlockSparseMatrix, as_mask_tensor
+from .format import BlockSparseMatrix, as_mask_tensor, storage_plan
 from .plasticity import NOISE_MODES, dense_plasticity, post_moments, update_rate_
 
 __all__ = ["SparseConnectomeLinear", "MaskedLinear", "DenseWeight", "allow_rewiring", "parameter_counts"]
@@ -19,25 +20,40 @@ _INDEX_NAMES = ("crow", "col", "row", "ccol_t", "row_t", "perm_t")
 _SEEDS_KEPT = 64  # seeds of recent forwards that activation checkpointing may recompute
 
 
-def _topology(mask: Any, out_features: int, in_features: int, block_size: int) -> BlockSparseMatrix:
+def _topology(mask: Any, out_features: int, in_features: int, block_size: int | str) -> BlockSparseMatrix:
     if isinstance(mask, torch.Tensor) and mask.is_meta:
         raise ValueError(
             "mask is on the meta device, so it holds no wiring: make the mask outside the torch.device('meta') "
             "context (e.g. torch.ones(..., device='cpu')); the layer itself may still be built on meta"
         )
     if mask is None:
+        block_size = 32 if block_size == "auto" else block_size
         R, C = math.ceil(out_features / block_size), math.ceil(in_features / block_size)
         return BlockSparseMatrix.from_block_mask(
             torch.ones(R, C, dtype=torch.bool), block_size, (out_features, in_features)
         )
     if isinstance(mask, BlockSparseMatrix):
         topo = mask
-        if topo.block_size != block_size:
+        if block_size != "auto" and topo.block_size != block_size:
             raise ValueError(f"mask has block_size {topo.block_size} but block_size={block_size} was given")
-    elif hasattr(mask, "tocoo"):
-        topo = BlockSparseMatrix.from_scipy(mask, block_size)
     else:
-        topo = BlockSparseMatrix.from_dense(as_mask_tensor(mask), block_size)
+        if hasattr(mask, "tocoo"):
+            coo = mask.tocoo()
+            post, pre = torch.from_numpy(coo.row.astype("int64")), torch.from_numpy(coo.col.astype("int64"))
+            shape = tuple(coo.shape)
+        else:
+            dense = as_mask_tensor(mask)
+            post, pre = dense.nonzero(as_tuple=True)
+            shape = tuple(dense.shape)
+        if block_size == "auto":
+            plan = storage_plan(post, pre, shape)
+            block_size = plan.block_size if plan.method == "block" else 1
+        if block_size == 1:  # element storage: one CSR of the synapses
+            topo = BlockSparseMatrix.from_synapses(post, pre, shape)
+        elif hasattr(mask, "tocoo"):
+            topo = BlockSparseMatrix.from_scipy(mask, block_size)
+        else:
+            topo = BlockSparseMatrix.from_dense(dense, block_size)
     if topo.shape != (out_features, in_features):
         raise ValueError(
             f"mask must have shape (out_features, in_features) = {(out_features, in_features)}, got {topo.shape}"
@@ -171,7 +187,11 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         mask: synapse mask ``[out_features, in_features]``: a bool/float tensor, a scipy sparse
             matrix, or a :class:`BlockSparseMatrix`; ``None`` means fully connected.
         bias: learn an additive bias.
-        block_size: ``b`` of the ``b x b`` blocks (a power of two >= 16 to run on a GPU).
+        block_size: ``b`` of the ``b x b`` blocks (a power of two >= 16 to run on a GPU); ``1``
+            stores the synapses alone as one CSR (element storage, for wiring that fills few
+            blocks, e.g. a volume at neuron resolution; CPU only for now); ``"auto"`` picks
+            blocks or element storage from the mask's fill (:func:`~bionic_sparse.storage_plan`;
+            :meth:`storage` reports the choice).
         sign: ``[in_features]`` per-presynaptic sign/gain (Dale's law: ``+1`` excitatory,
             ``-g`` inhibitory). With a sign the weights are initialised non-negative and
             :meth:`constrain_` keeps them so.
@@ -198,7 +218,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         out_features: int,
         mask: Any = None,
         bias: bool = True,
-        block_size: int = 32,
+        block_size: int | str = 32,
         sign: torch.Tensor | None = None,
         noise_sigma: float = 0.0,
         noise_mode: str = "multiplicative",
@@ -207,13 +227,16 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     ) -> None:
         super().__init__()
         for name, v in (("in_features", in_features), ("out_features", out_features), ("block_size", block_size)):
+            if name == "block_size" and v == "auto":
+                continue
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
+                what = "a positive int or 'auto'" if name == "block_size" else "a positive int"
+                raise ValueError(f"{name} must be {what}, got {v!r}")
         if noise_mode not in NOISE_MODES:
             raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
         if not math.isfinite(noise_sigma) or noise_sigma < 0:
             raise ValueError(f"noise_sigma must be finite and >= 0, got {noise_sigma}")
-        if device is not None and torch.device(device).type == "cuda":
+        if device is not None and torch.device(device).type == "cuda" and block_size != "auto":
             F.check_gpu_block_size(block_size)
         # the device of the layer's tensors: ``device``, else the default (a ``torch.device``
         # context manager included, e.g. "meta" for deferred initialisation)
@@ -221,7 +244,6 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         factory = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         self.in_features = in_features
         self.out_features = out_features
-        self.block_size = block_size
         self.noise_sigma = float(noise_sigma)
         self.noise_mode = noise_mode
         self._record_activity = False
@@ -234,6 +256,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             topo = _topology(mask, out_features, in_features, block_size)
             wiring = {**topo.index_tensors(), "synapse_mask": topo.synapse_mask}
             wiring["sign"] = None if sign is None else sign.detach().to("cpu", factory["dtype"])
+        self.block_size = block_size = topo.block_size
         self._meta_wiring = wiring if device.type == "meta" else None
         for name, t in wiring.items():
             # copies: a layer never shares its wiring with another layer or with ``mask``
@@ -279,11 +302,30 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
     def nnzb(self) -> int:
         return self.values.shape[0]
 
+    def storage(self) -> dict[str, Any]:
+        """How the weights are stored: ``method`` (``"element"`` or ``"block"``), ``block_size``,
+        ``synapses``, ``stored_values``, ``bytes`` (values, index, synapse mask) and
+        ``csr_bytes`` (torch's element-level CSR of the same synapses: float32 values, int64
+        indices), for reports and logs."""
+        m = self.matrix
+        synapses = int(m.element_mask().sum()) if m.synapse_mask is not None else None
+        if synapses is None:
+            synapses = m.nnzb if m.is_element else int(self.fan_in().sum())
+        return dict(
+            method="element" if m.is_element else "block",
+            block_size=self.block_size,
+            synapses=synapses,
+            stored_values=int(self.values.numel()),
+            bytes=m.storage_bytes(),
+            csr_bytes=synapses * 12 + (self.out_features + 1) * 8,
+        )
+
     def fan_in(self) -> torch.Tensor:
         """Synapses per output neuron ``[out_features]`` (the fan-in actually present)."""
         syn = self.matrix.element_mask().sum(-1).to(torch.float64)  # [nnzb, b]
         b, R = self.block_size, self.crow.numel() - 1
-        per_row = torch.zeros(R, b, dtype=torch.float64, device=syn.device).index_add_(0, self.row.long(), syn)
+        per_row = torch.zeros(R, b, dtype=torch.float64, device=syn.device)
+        per_row.index_add_(0, self.matrix.coo_row().long(), syn)
         return per_row.flatten()[: self.out_features]
 
     def reset_parameters(self) -> None:
@@ -298,7 +340,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
             b, R = self.block_size, self.crow.numel() - 1
             padded = torch.zeros(R * b, dtype=bound.dtype, device=bound.device)
             padded[: self.out_features] = bound
-            row_bound = padded.view(R, b)[self.row.long()].unsqueeze(-1)  # [nnzb, b, 1]
+            row_bound = padded.view(R, b)[self.matrix.coo_row().long()].unsqueeze(-1)  # [nnzb, b, 1]
             blocks.uniform_(-1.0, 1.0).mul_(row_bound)
             if self.sign is not None:
                 blocks.abs_()
@@ -392,6 +434,20 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         self._record = None
         if on:
             self._activity_record(self.matrix)
+
+    @contextlib.contextmanager
+    def recording(self, on: bool) -> Iterator[None]:
+        """Within the block, record activities (``on``) or not, then restore the setting; unlike
+        setting :attr:`record_activity` this keeps the record, so a module that applies the layer
+        several times per step (a recurrent one) can learn from one chosen application."""
+        if on and not self._record_activity:
+            raise RuntimeError("recording(True) needs record_activity = True (it sets up the record)")
+        before = self._record_activity
+        self._record_activity = bool(on)
+        try:
+            yield
+        finally:
+            self._record_activity = before
 
     def _activity_record(self, matrix: BlockSparseMatrix) -> F.ActivityRecord:
         """The layer's :class:`ActivityRecord` (scratch, not state). It is made when recording is

@@ -94,6 +94,8 @@ def _(x, values, crow, col, row, ccol_t, row_t, perm_t, synapse_mask, sign, post
 def bsr_linear_dx(
     dy: Tensor,
     values: Tensor,
+    crow: Tensor,
+    col: Tensor,
     ccol_t: Tensor,
     row_t: Tensor,
     perm_t: Tensor,
@@ -105,10 +107,13 @@ def bsr_linear_dx(
     sigma: float,
     multiplicative: bool,
 ) -> Tensor:
-    """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward)."""
+    """``dx[..., n_in] = dy @ W_eff`` (DSD over the transposed index, same noise as forward; for
+    element storage, without a transposed index, a scatter over ``crow, col``)."""
     return for_tensor(dy).bsr_linear_dx(
         dy=dy,
         values=values,
+        crow=crow,
+        col=col,
         ccol_t=ccol_t,
         row_t=row_t,
         perm_t=perm_t,
@@ -131,6 +136,7 @@ def bsr_linear_dw(
     dy: Tensor,
     x: Tensor,
     values: Tensor,
+    crow: Tensor,
     row: Tensor,
     col: Tensor,
     synapse_mask: Optional[Tensor],
@@ -142,7 +148,7 @@ def bsr_linear_dw(
 ) -> Tensor:
     """``dvalues[nnzb, b, b]`` on the stored blocks (zero off the synapse mask): the SDD of the
     backward pass without plasticity (a pure op: what ``torch.compile`` training graphs hold)."""
-    return _dw(dy, x, values, row, col, synapse_mask, sign, None, None, None, sigma, seed, multiplicative)
+    return _dw(dy, x, values, crow, row, col, synapse_mask, sign, None, None, None, sigma, seed, multiplicative)
 
 
 @bsr_linear_dw.register_fake
@@ -155,6 +161,7 @@ def bsr_linear_dw_corr(
     dy: Optional[Tensor],
     x: Tensor,
     values: Tensor,
+    crow: Tensor,
     row: Tensor,
     col: Tensor,
     synapse_mask: Optional[Tensor],
@@ -170,7 +177,7 @@ def bsr_linear_dw_corr(
     """:func:`bsr_linear_dw` fused with the Hebbian correlation ``(post + post_bias)^T x / B``,
     written into ``corr`` from the same tiles. Without ``dy`` (plasticity without a backward pass)
     only the correlation is computed and the returned tensor is empty."""
-    return _dw(dy, x, values, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative)
+    return _dw(dy, x, values, crow, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative)
 
 
 @bsr_linear_dw_corr.register_fake
@@ -178,10 +185,13 @@ def _(dy, x, values, *_, **__):
     return torch.empty_like(values) if dy is not None else values.new_empty(0)
 
 
-def _dw(dy, x, values, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative) -> Tensor:
+def _dw(
+    dy, x, values, crow, row, col, synapse_mask, sign, post, post_bias, corr, sigma, seed, multiplicative
+) -> Tensor:
     dw = for_tensor(x).bsr_linear_dw(
         dy=dy,
         x=x,
+        crow=crow,
         row=row,
         col=col,
         block_size=values.shape[-1],
@@ -206,14 +216,14 @@ def _setup_context(ctx, inputs, keyword_only_inputs, output):
     # the correlation buffer is written by the backward, so it is held, not saved (a saved tensor
     # must not change before backward unpacks it)
     ctx.corr = corr
-    ctx.save_for_backward(x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias)
+    ctx.save_for_backward(x, values, crow, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias)
     ctx.post = y.detach() if corr is not None else None
     ctx.seed = seed
     ctx.noise = keyword_only_inputs  # sigma, multiplicative (n_out is the output's width)
 
 
 def _backward(ctx, dy, _):
-    x, values, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias = ctx.saved_tensors
+    x, values, crow, row, col, ccol_t, row_t, perm_t, synapse_mask, sign, post_bias = ctx.saved_tensors
     noise = {name: ctx.noise[name] for name in ("sigma", "multiplicative")}
     seed = ctx.seed
     if torch.is_grad_enabled() and dy.requires_grad and not torch.compiler.is_compiling():
@@ -225,9 +235,11 @@ def _backward(ctx, dy, _):
     dy = dy.contiguous()
     dx = dvalues = None
     if ctx.needs_input_grad[0]:
-        dx = bsr_linear_dx(dy, values, ccol_t, row_t, perm_t, synapse_mask, sign, seed, n_in=x.shape[-1], **noise)
+        dx = bsr_linear_dx(
+            dy, values, crow, col, ccol_t, row_t, perm_t, synapse_mask, sign, seed, n_in=x.shape[-1], **noise
+        )
     if ctx.needs_input_grad[1]:
-        coo = (dy, x, values, row, col, synapse_mask, sign)
+        coo = (dy, x, values, crow, row, col, synapse_mask, sign)
         if ctx.corr is None:
             dvalues = bsr_linear_dw(*coo, seed, **noise)
         else:
@@ -242,6 +254,7 @@ bsr_linear.register_autograd(_backward, setup_context=_setup_context)
 def bsr_plasticity_(
     values: Tensor,
     corr: Tensor,
+    crow: Tensor,
     row: Tensor,
     synapse_mask: Optional[Tensor],
     post_sq: Tensor,
@@ -253,7 +266,15 @@ def bsr_plasticity_(
     """``values <- plasticity_rule(values, corr, post_sq, scale) * synapse_mask`` in place
     (:func:`bionic_sparse.plasticity.plasticity_rule`); ``post_sq`` and ``scale`` are ``[n_out]``."""
     for_tensor(values).bsr_plasticity_(
-        values=values, corr=corr, row=row, synapse_mask=synapse_mask, post_sq=post_sq, scale=scale, eta=eta, oja=oja
+        values=values,
+        corr=corr,
+        crow=crow,
+        row=row,
+        synapse_mask=synapse_mask,
+        post_sq=post_sq,
+        scale=scale,
+        eta=eta,
+        oja=oja,
     )
 
 

@@ -187,6 +187,36 @@ def cmd_volume(args) -> int:
     return 0
 
 
+def cmd_fill(args) -> int:
+    """Block fill of a connectome under every neuron order (which order to store it in)."""
+    import json
+    import time
+
+    from bionic_sparse.connectome import load_connectome
+    from bionic_sparse.connectome.reorder import block_fill_report
+
+    kwargs = {"n_neurons": args.neurons, "cache": args.cache} if args.connectome == "volume" else {}
+    try:
+        column = load_connectome(args.connectome, seed=args.seed, **kwargs)
+    except (FileNotFoundError, ExportFormatError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    t0 = time.perf_counter()
+    report = block_fill_report(column, block_sizes=tuple(args.block_sizes))
+    report.update(connectome=args.connectome, seed=args.seed, seconds=round(time.perf_counter() - t0, 1),
+                  peak_rss_gb=round(_peak_rss_gb(), 3))  # fmt: skip
+    print(f"{report['n_neurons']:,} neurons, {report['n_synapses']:,} connected pairs")
+    print("order            |pre - post|  " + "  ".join(f"fill b={b:<3}" for b in args.block_sizes))
+    for method, entry in report["orders"].items():
+        fills = "  ".join(f"{100 * entry[f'b{b}']['fill']:8.2f} %" for b in args.block_sizes)
+        print(f"{method:<16} {entry['mean_index_distance']:11,.0f}  {fills}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_import(args) -> int:
     """Read a static export (CSV pair or conntility HDF5) and save it as a Column directory."""
     try:
@@ -233,6 +263,15 @@ def main(argv=None) -> int:
     )
     v.add_argument("--cache", default=None, help="cache directory (default $BIONIC_SPARSE_CACHE/volumes)")
     v.add_argument("--json", default=None, help="also write the summary (and build time, peak RSS) to this file")
+    fl = sub.add_parser(
+        "fill", help="block fill of a connectome under each neuron order (identity, laminar-spatial, ...)"
+    )
+    fl.add_argument("--connectome", default="volume", help="'volume' (default), 'synthetic', a Column directory or .h5")
+    fl.add_argument("--seed", type=int, default=0)
+    fl.add_argument("--neurons", type=int, default=VOLUME_NEURONS, help="with --connectome volume")
+    fl.add_argument("--cache", default=None, help="volume cache directory (default $BIONIC_SPARSE_CACHE/volumes)")
+    fl.add_argument("--block-sizes", type=int, nargs="+", default=[16, 32, 64])
+    fl.add_argument("--json", default=None, help="also write the report to this file")
     c = sub.add_parser("import-csv", help="read a connections_with_nuclei + cell-type CSV export into a Column")
     c.add_argument("connections")
     c.add_argument("cells")
@@ -245,7 +284,7 @@ def main(argv=None) -> int:
     h.add_argument("--group", default="full_matrix")
     h.add_argument("--count-property", default=None)
     args = ap.parse_args(argv)
-    commands = {"fetch": cmd_fetch, "summary": cmd_summary, "plot": cmd_plot, "volume": cmd_volume}
+    commands = {"fetch": cmd_fetch, "summary": cmd_summary, "plot": cmd_plot, "volume": cmd_volume, "fill": cmd_fill}
     return commands.get(args.cmd, cmd_import)(args)
 
 

@@ -121,24 +121,24 @@ def test_opcheck_every_op(cpu_method, with_mask):
         (x, values, *idx, None, None, None, None, seed),
         dict(n_out=40, sigma=0.0, multiplicative=False),
     )
-    transposed = (m.ccol_t, m.row_t, m.perm_t)
+    transposed = (m.crow, m.col, m.ccol_t, m.row_t, m.perm_t)
     torch.library.opcheck(
         ops.bsr_linear_dx, (dy, values.detach(), *transposed, m.synapse_mask, sign, seed), dict(n_in=24, **noise)
     )
-    coo = (m.row, m.col, m.synapse_mask, sign)
+    coo = (m.crow, m.row, m.col, m.synapse_mask, sign)
     torch.library.opcheck(ops.bsr_linear_dw, (dy, x.detach(), values.detach(), *coo, seed), noise)
     torch.library.opcheck(ops.bsr_linear_dw_corr, (dy, x.detach(), values.detach(), *coo, dy, bias, corr, seed), noise)
     post = torch.randn(5, 40, dtype=torch.float64)
     plain = dict(sigma=0.0, multiplicative=True)  # correlation only, no gradient
     torch.library.opcheck(
         ops.bsr_linear_dw_corr,
-        (None, x.detach(), values.detach(), m.row, m.col, None, None, post, None, corr, seed),
+        (None, x.detach(), values.detach(), m.crow, m.row, m.col, None, None, post, None, corr, seed),
         plain,
     )
     rate = torch.rand(40, dtype=torch.float64)
     torch.library.opcheck(
         ops.bsr_plasticity_,
-        (values.detach().clone(), corr.normal_(), m.row, m.synapse_mask, rate, rate + 0.5),
+        (values.detach().clone(), corr.normal_(), m.crow, m.row, m.synapse_mask, rate, rate + 0.5),
         dict(eta=0.1, oja=1.0),
     )
 

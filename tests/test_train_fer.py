@@ -108,6 +108,68 @@ def test_resume_is_exact(tiny_csv, tmp_path, monkeypatch, execution):
             assert a[k] == b[k], k  # the layers' noise counters
 
 
+def _interrupt_at_save(monkeypatch, n: int) -> list:
+    """Make the ``n``-th in-epoch ``last.pt`` die while being written (the previous one stays)."""
+    saves: list = []
+    real = Run.save_last
+
+    def save_last(self, epoch, in_epoch=None):
+        if in_epoch is not None:
+            saves.append((epoch + 1, in_epoch["step"]))
+            if len(saves) == n:
+                raise KeyboardInterrupt
+        real(self, epoch, in_epoch)
+
+    monkeypatch.setattr(Run, "save_last", save_last)
+    return saves
+
+
+def test_a_checkpoint_inside_an_epoch_resumes_exactly(tiny_csv, tmp_path, monkeypatch, capsys):
+    """checkpoint_minutes writes last.pt between steps; a run killed in the middle of an epoch and
+    resumed (with another checkpoint_minutes: not part of the run's identity) == never interrupted."""
+    run = dict(epochs=2, batch_size=8, random_erasing=0.5)  # 4 steps per epoch; every augmentation draws
+    straight = train(cfg(tiny_csv, tmp_path / "a", **run))
+    saves = _interrupt_at_save(monkeypatch, 5)  # epoch 1 saves after steps 1-3, epoch 2 after step 1, 2 dies
+    argv = ["--data", tiny_csv, "--out", str(tmp_path / "b"), "--device", "cpu", "--epochs", "2",
+            "--batch-size", "8", "--random-erasing", "0.5", "--checkpoint-minutes", "1e-9"]  # fmt: skip
+    kw = dict(model_config=TINY_MODEL)
+    monkeypatch.setattr("bionic_sparse.training.cli.config_from_args", _with_model_config(kw))
+    assert main(argv, prog="bionic-train") == 130
+    assert saves == [(0, 1), (0, 2), (0, 3), (1, 1), (1, 2)]
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip() and not ln.lstrip().startswith("epoch ")]
+    assert len(err) == 1 and "interrupted in epoch 2/2" in err[0] and "holds step 1/4" in err[0], err
+    last = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert last["epoch"] == 0 and last["in_epoch"]["epoch"] == 1 and last["in_epoch"]["step"] == 1
+    monkeypatch.undo()
+    resumed = train(cfg(tiny_csv, tmp_path / "b", resume=True, checkpoint_minutes=0, **run))
+    assert "in epoch 2, after step 1/4" in capsys.readouterr().out
+    assert _metrics(tmp_path / "a" / "metrics.csv") == _metrics(tmp_path / "b" / "metrics.csv")
+    assert resumed["private_test"] == straight["private_test"]
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=False)
+    assert "in_epoch" not in b  # the epoch's end closes it
+    for k in a["model"]:
+        if isinstance(a["model"][k], torch.Tensor):
+            assert torch.equal(a["model"][k], b["model"][k]), k
+        else:
+            assert a["model"][k] == b["model"][k], k
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        cfg(tiny_csv, tmp_path / "c", checkpoint_minutes=-1)
+
+
+def _with_model_config(kw: dict):
+    """config_from_args with ``kw`` on top (the CLI has no flag for the tiny test model)."""
+    from bionic_sparse.training import cli
+
+    real = cli.config_from_args
+
+    def config_from_args(argv, prog=None):
+        c = real(argv, prog)
+        return TrainConfig.from_dict({**c.to_dict(), **kw})
+
+    return config_from_args
+
+
 def test_resume_without_a_checkpoint_says_so(tiny_csv, tmp_path, capsys):
     train(cfg(tiny_csv, tmp_path, epochs=1, resume=True))
     assert f"no checkpoint at {tmp_path / 'last.pt'}" in capsys.readouterr().out

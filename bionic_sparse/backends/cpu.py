@@ -39,7 +39,7 @@ import torch
 
 from .. import plasticity
 from ..noise import synapse_noise, synapse_noise_at
-from . import ENV_BACKEND
+from . import ENV_BACKEND, element
 
 __all__ = [
     "cpu_method",
@@ -389,6 +389,23 @@ def bsr_linear_fwd(
     post_moments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``y[..., n_out] = x @ W_eff^T`` (DSD over the block rows); see the contract."""
+    if values.shape[-1] == 1 and synapse_mask is None and not _forced_block_method():
+        return _shaped(
+            element.linear_fwd(
+                x=x,
+                values=values,
+                crow=crow,
+                col=col,
+                sign=sign,
+                n_out=n_out,
+                sigma=sigma,
+                seed=seed,
+                multiplicative=multiplicative,
+                post_bias=post_bias,
+                post_moments=post_moments,
+            ),
+            (*x.shape[:-1], n_out),
+        )
     x2d = _flatten(x)
     nnzb, b, n_in = values.shape[0], values.shape[-1], x.shape[-1]
     row = _segment_ids(crow, nnzb)
@@ -410,10 +427,18 @@ def bsr_linear_fwd(
     return _shaped(y, (*x.shape[:-1], n_out))
 
 
+def _forced_block_method() -> bool:
+    """``BIONIC_SPARSE_BACKEND=blockT|dense|csr``: run a block size 1 matrix that has the full
+    index through that method (tests compare the paths); element storage runs element-level."""
+    return os.environ.get(ENV_BACKEND, "") in ("blockT", "dense", "csr")
+
+
 def bsr_linear_dx(
     *,
     dy: torch.Tensor,
     values: torch.Tensor,
+    crow: torch.Tensor,
+    col: torch.Tensor,
     ccol_t: torch.Tensor,
     row_t: torch.Tensor,
     perm_t: torch.Tensor,
@@ -426,6 +451,21 @@ def bsr_linear_dx(
 ) -> torch.Tensor:
     """``dx[..., n_in] = (dy @ W_eff) * sign`` from the transposed index: entry ``j`` is block
     ``perm_t[j]`` at block row ``row_t[j]`` of block column ``j``'s segment of ``ccol_t``."""
+    if element.is_element_storage(values, perm_t) or (
+        values.shape[-1] == 1 and synapse_mask is None and not _forced_block_method()
+    ):
+        dx = element.linear_dx(
+            dy=dy,
+            values=values,
+            crow=crow,
+            col=col,
+            sign=sign,
+            n_in=n_in,
+            sigma=sigma,
+            seed=seed,
+            multiplicative=multiplicative,
+        )
+        return _shaped(dx, (*dy.shape[:-1], n_in))
     dy2d = _flatten(dy)
     nnzb, b, n_out = values.shape[0], values.shape[-1], dy.shape[-1]
 
@@ -460,6 +500,7 @@ def bsr_linear_dw(
     *,
     dy: torch.Tensor | None,
     x: torch.Tensor,
+    crow: torch.Tensor,
     row: torch.Tensor,
     col: torch.Tensor,
     block_size: int,
@@ -474,6 +515,21 @@ def bsr_linear_dw(
     corr: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """Weight gradient and Hebbian correlation from one pass over ``x`` (SDD); see the contract."""
+    if block_size == 1 and synapse_mask is None and (row.numel() != col.numel() or not _forced_block_method()):
+        return element.linear_dw(
+            dy=dy,
+            x=x,
+            crow=crow,
+            col=col,
+            out_dtype=out_dtype,
+            sign=sign,
+            sigma=sigma,
+            seed=seed,
+            multiplicative=multiplicative,
+            post=post,
+            post_bias=post_bias,
+            corr=corr,
+        )
     b, nnzb = block_size, row.numel()
     x2d = _flatten(x)
     batch = x2d.shape[0]
@@ -552,6 +608,7 @@ def bsr_plasticity_(
     *,
     values: torch.Tensor,
     corr: torch.Tensor,
+    crow: torch.Tensor,
     row: torch.Tensor,
     synapse_mask: torch.Tensor | None,
     post_sq: torch.Tensor,
@@ -561,6 +618,9 @@ def bsr_plasticity_(
 ) -> None:
     """``values <- plasticity_rule(values, corr, ...) * synapse_mask`` on the stored blocks; with a
     synapse mask the rule runs on the synapses only (the rest is zero after the mask)."""
+    if element.is_element_storage(values, row):
+        element.plasticity_(values=values, corr=corr, crow=crow, post_sq=post_sq, scale=scale, eta=eta, oja=oja)
+        return
     b = values.shape[-1]
     if synapse_mask is not None and values.is_contiguous():
         s = _synapses(synapse_mask, lambda: row, None)  # the input columns are not needed here

@@ -3,6 +3,7 @@
     bionic-train --sparse --data PATH                  # BioNIC on the block-sparse engine
     bionic-train --dense-masked --data PATH            # the same model, dense masked execution
     bionic-train --baseline --data PATH                # conventional baseline, same widths
+    bionic-train --volume --data PATH                  # the whole-volume recurrent model
     bionic-train --sparse --quick --data PATH          # first 300 images per split, one epoch
     torchrun --nproc_per_node 2 -m bionic_sparse.training --sparse --data PATH
 
@@ -35,7 +36,7 @@ __all__ = ["build_parser", "config_from_args", "main"]
 _OVERRIDES = (
     "data", "epochs", "batch_size", "lr", "seed", "device", "amp", "tta", "out", "quick",
     "train_images", "holdout", "select_on", "resume", "overwrite", "allow_code_change", "tensorboard", "compile",
-    "random_erasing",
+    "random_erasing", "checkpoint_minutes",
 )  # fmt: skip
 
 
@@ -45,9 +46,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     mode.add_argument("--sparse", action="store_true", help="BioNIC on the block-sparse engine (default)")
     mode.add_argument("--dense-masked", action="store_true", help="BioNIC with dense masked execution")
     mode.add_argument("--baseline", action="store_true", help="conventional dense baseline of the same widths")
+    mode.add_argument(
+        "--volume",
+        action="store_true",
+        help="the whole-volume recurrent model (synthetic ~82k-neuron volume unless --connectome names another)",
+    )
     ap.add_argument("--config", help="JSON/YAML file with TrainConfig fields")
     ap.add_argument("--data", help="FER-2013 CSV(.gz), image-folder root or .zip, or .npz (default $BIONIC_FER2013)")
-    ap.add_argument("--connectome", help="'synthetic' (default) or a cached Column directory")
+    ap.add_argument(
+        "--connectome",
+        help="'synthetic' (default; with --volume: 'volume'), a saved Column directory or a conntility .h5 file",
+    )
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float)
@@ -81,6 +90,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default=None,
         help="with --resume: continue a run that other code started (results.json lists every code revision)",
     )
+    ap.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        metavar="M",
+        help="also write last.pt inside an epoch every M minutes of training (long epochs; default 0: epoch ends only)",
+    )
     ap.add_argument("--tensorboard", action="store_true", default=None)
     ap.add_argument("--threads", type=int, help="CPU threads of this run (default: $OMP_NUM_THREADS, else every core)")
     return ap
@@ -93,6 +108,8 @@ def config_from_args(argv: list[str], prog: str | None = None) -> TrainConfig:
     model_cfg = dict(d.pop("model_config", {}) or {})
     if args.baseline:
         d["model"] = "baseline"
+    elif args.volume:
+        d["model"] = "volume"
     elif args.dense_masked:
         d["model"], model_cfg["execution"] = "bionic", "dense_masked"
     elif args.sparse:
@@ -103,7 +120,7 @@ def config_from_args(argv: list[str], prog: str | None = None) -> TrainConfig:
     d["model_config"] = model_cfg
     cfg = TrainConfig.from_dict(d)
     if "out" not in d:
-        tag = cfg.model if cfg.model == "baseline" else f"bionic-{cfg.model_config.execution}"
+        tag = cfg.model if cfg.model in ("baseline", "volume") else f"bionic-{cfg.model_config.execution}"
         cfg.out = os.path.join("runs", "fer", f"{tag}-seed{cfg.seed}")
     cfg.validate()
     return cfg
@@ -133,6 +150,13 @@ def _interrupted(run: Run, argv: list[str], prog: str) -> None:
         print(
             f"interrupted in the final evaluation; {run.last_path} holds all {done} epochs. "
             f"Evaluate again with: {again}",
+            file=sys.stderr,
+        )
+    elif run.saved_in_epoch is not None:
+        step = run.saved_in_epoch["step"]
+        print(
+            f"interrupted in epoch {done + 1}/{run.epochs}; {run.last_path} holds step {step}/{run.steps_per_epoch} "
+            f"of it (checkpoint_minutes). Continue with: {again}",
             file=sys.stderr,
         )
     elif done == 0:

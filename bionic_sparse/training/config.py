@@ -8,19 +8,31 @@ from dataclasses import asdict, dataclass, field
 
 from ..fields import coerce_fields
 from ..models.bionic import BioNICConfig
+from ..models.volume import VolumeConfig
 
-__all__ = ["TrainConfig", "load_config_file", "NON_IDENTITY_FIELDS"]
+__all__ = ["TrainConfig", "load_config_file", "NON_IDENTITY_FIELDS", "MODELS", "model_config_class"]
+
+MODELS = ("bionic", "baseline", "volume")
+
+
+def model_config_class(model: str) -> type:
+    """The ``model_config`` dataclass of a model name: :class:`VolumeConfig` for ``"volume"``,
+    :class:`BioNICConfig` for the column model and its baseline."""
+    return VolumeConfig if model == "volume" else BioNICConfig
+
 
 # Fields that cannot change a run's result: they may differ between a run and its --resume (the
 # device only between devices of one type; the thread count is not a field at all).
-NON_IDENTITY_FIELDS = ("out", "resume", "overwrite", "allow_code_change", "tensorboard", "device")
+NON_IDENTITY_FIELDS = (
+    "out", "resume", "overwrite", "allow_code_change", "tensorboard", "device", "checkpoint_minutes"
+)
 
 
 @dataclass
 class TrainConfig:
     """Everything one training run depends on; saved as ``config.json`` in its output folder."""
 
-    model: str = "bionic"  # "bionic" or "baseline"
+    model: str = "bionic"  # "bionic", "baseline" or "volume" (the whole-volume recurrent model)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -44,11 +56,20 @@ class TrainConfig:
     overwrite: bool = False  # start over in an --out that holds another run (its files are deleted first)
     allow_code_change: bool = False  # --resume a run whose checkpoint other code wrote (recorded in results.json)
     tensorboard: bool = False
+    # also write last.pt inside an epoch, every this many minutes of training (0: at the end of each
+    # epoch only). For epochs longer than a working stretch (the whole-volume model: hours); --resume
+    # then continues from that step, bit for bit as if never stopped
+    checkpoint_minutes: float = 0.0
     # "constant": the Hebbian rate and the homeostatic rate stay as configured all run (what every
     # committed run did); "lr": both are scaled by the learning-rate schedule's factor (warm-up,
     # cosine), so plasticity stops when the optimiser does
     plasticity_schedule: str = "constant"
-    model_config: BioNICConfig = field(default_factory=BioNICConfig)
+    model_config: BioNICConfig | VolumeConfig = field(default_factory=BioNICConfig)
+
+    def __post_init__(self) -> None:
+        # TrainConfig(model="volume") with the default model_config means the volume's defaults
+        if self.model == "volume" and self.model_config == BioNICConfig():
+            self.model_config = VolumeConfig()
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -59,10 +80,11 @@ class TrainConfig:
         d = dict(d)
         model_config = d.pop("model_config", None)
         d = coerce_fields(cls, d)
-        if isinstance(model_config, BioNICConfig):
+        kind = model_config_class(d.get("model", "bionic"))
+        if isinstance(model_config, (BioNICConfig, VolumeConfig)):
             d["model_config"] = model_config
         elif model_config is not None:
-            d["model_config"] = BioNICConfig.from_dict(model_config)
+            d["model_config"] = kind.from_dict(model_config)
         cfg = cls(**d)
         cfg.validate()
         return cfg
@@ -76,8 +98,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first field that is out of range."""
-        if self.model not in ("bionic", "baseline"):
-            raise ValueError(f"model must be 'bionic' or 'baseline', got {self.model!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {MODELS}, got {self.model!r}")
+        kind = model_config_class(self.model)
+        if not isinstance(self.model_config, kind):
+            raise ValueError(
+                f"model {self.model!r} takes a {kind.__name__} as model_config, got {type(self.model_config).__name__}"
+            )
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not self.lr > 0:
@@ -88,6 +115,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.random_erasing <= 1:
             raise ValueError(f"random_erasing must lie in [0, 1] (a probability per image), got {self.random_erasing}")
+        if not self.checkpoint_minutes >= 0:
+            raise ValueError(f"checkpoint_minutes must be >= 0 (0: at epoch ends only), got {self.checkpoint_minutes}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.optimizer not in ("adamw", "sgd"):

@@ -48,6 +48,7 @@ from ..data import (
     to_float,
 )
 from ..models.bionic import BioNIC, ConventionalBaseline
+from ..models.volume import VolumeModel
 from ..nn import parameter_counts
 from ..plasticity import row_scale
 from ..runtime import code_revision, environment
@@ -158,7 +159,7 @@ def _rows_like(layer: torch.nn.Module, per_row: torch.Tensor) -> torch.Tensor:
     m = layer.matrix
     b = m.block_size
     padded = F.pad(per_row, (0, m.n_block_rows * b - per_row.numel()), value=1.0)
-    return padded.view(-1, b)[m.row.long()][:, :, None]
+    return padded.view(-1, b)[m.coo_row().long()][:, :, None]
 
 
 def resolve_device(name: str, amp: bool = False) -> torch.device:
@@ -222,7 +223,8 @@ def _with_added_defaults(identity: dict) -> dict:
     NOTE: a field added to :class:`TrainConfig` or :class:`BioNICConfig` after a checkpoint was
     written is, at its default, what the older code did (new fields default to the old
     behaviour), so it must not make a resume look like another run."""
-    defaults = json.loads(json.dumps(TrainConfig().to_dict()))  # as run_identity writes them
+    model = identity.get("model", "bionic")
+    defaults = json.loads(json.dumps(TrainConfig(model=model).to_dict()))  # as run_identity writes them
     defaults_model = defaults.pop("model_config")
     for name in NON_IDENTITY_FIELDS:
         defaults.pop(name, None)
@@ -262,12 +264,14 @@ def shard(perm: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return perm[: per_rank * world][rank::world]
 
 
-def build_model(cfg: TrainConfig) -> BioNIC:
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
     if cfg.model == "bionic":
         return BioNIC(cfg.model_config)
     if cfg.model == "baseline":
         return ConventionalBaseline(cfg.model_config)
-    raise ValueError(f"model must be 'bionic' or 'baseline', got {cfg.model!r}")
+    if cfg.model == "volume":
+        return VolumeModel(cfg.model_config)
+    raise ValueError(f"model must be 'bionic', 'baseline' or 'volume', got {cfg.model!r}")
 
 
 @torch.no_grad()
@@ -419,6 +423,11 @@ class Run:
     code_revisions: list[dict] = field(init=False, default_factory=list)  # the code that trained the weights
     _fit_t0: float | None = field(init=False, default=None)  # when fit() started (for the time left)
     _bar: tqdm | None = field(init=False, default=None)  # the run's progress bar while fit() runs
+    # where a checkpoint written inside an epoch left off (``last.pt``'s "in_epoch"): train_epoch
+    # continues that epoch from there; None when the last checkpoint closed an epoch
+    in_epoch: dict | None = field(init=False, default=None)
+    saved_in_epoch: dict | None = field(init=False, default=None)  # what the last last.pt written here holds
+    _last_save: float = field(init=False, default=0.0)  # perf_counter of the last in-epoch last.pt
 
     @property
     def epochs(self) -> int:
@@ -476,7 +485,7 @@ class Run:
             )
             for w in run.data_warnings:
                 print(f"warning: {w}")
-            if device.type == "cpu" and cfg.model_config.units_per_neuron >= GPU_SIZED_UNITS:
+            if device.type == "cpu" and getattr(cfg.model_config, "units_per_neuron", 0) >= GPU_SIZED_UNITS:
                 print(
                     f"note: units_per_neuron {cfg.model_config.units_per_neuron} is the GPU-sized model; on a CPU "
                     "--config configs/fer-cpu.json (5 epochs, ~9 min of training on one core) or "
@@ -528,8 +537,13 @@ class Run:
         self.sched.load_state_dict(ckpt["scheduler"])
         self.start_epoch, self.best_acc, self.history = ckpt["epoch"] + 1, ckpt["best_acc"], ckpt["history"]
         set_rng_state(ckpt["rng"])
+        self.in_epoch = ckpt.get("in_epoch")
+        self.saved_in_epoch = self.in_epoch  # what last.pt holds until this process writes it
         if self.rank == 0:
-            print(f"resumed from {self.last_path} after epoch {ckpt['epoch'] + 1}")
+            where = f"after epoch {ckpt['epoch'] + 1}"
+            if self.in_epoch is not None:
+                where = f"in epoch {self.start_epoch + 1}, after step {self.in_epoch['step']}/{self.steps_per_epoch}"
+            print(f"resumed from {self.last_path} {where}")
 
     def _check_identity(self, ckpt: dict) -> None:
         """``--resume`` continues only the same run: every field of :func:`run_identity` must
@@ -593,14 +607,28 @@ class Run:
         seen, correct, loss_sum, lr, t0 = 0, 0, 0.0, 0.0, time.perf_counter()
         cpu0 = time.process_time()  # CPU time of every thread of this process
         starts = range(0, perm.numel(), cfg.batch_size)
+        probes: list[dict[str, float]] = []
+        first = 0  # the step this call starts at: > 0 when last.pt was written inside this epoch
+        resumed = self.in_epoch if self.in_epoch is not None and self.in_epoch["epoch"] == epoch else None
+        self.in_epoch = None
+        if resumed is not None:
+            g.set_state(resumed["generator"])  # the augmentation draws continue where they stopped
+            first, seen, correct, loss_sum, lr = (resumed[k] for k in ("step", "seen", "correct", "loss_sum", "lr"))
+            probes = list(resumed["probes"])
+            t0 -= resumed["seconds"]  # the epoch's times count the steps before the interruption
+            cpu0 -= resumed["cpu_seconds"]
+        self._last_save = time.perf_counter()
         bar = self._bar
         own_bar = bar is None
         if own_bar:
             bar = tqdm(total=len(starts), desc=f"epoch {epoch + 1}/{self.epochs}", disable=self.rank != 0, leave=False)
         else:
             bar.set_description(f"epoch {epoch + 1}/{self.epochs}", refresh=False)
-        probes: list[dict[str, float]] = []
+        if own_bar and first:
+            bar.update(first)
         for step, start in enumerate(starts):
+            if step < first:
+                continue
             idx = perm[start : start + cfg.batch_size]
             x = to_float(x_train[idx]).to(self.device, non_blocking=True)
             y = y_train[idx].to(self.device)
@@ -630,8 +658,20 @@ class Run:
             loss_sum += float(loss.detach()) * y.numel()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
             bar.update(1)
-            if step + 1 == ESTIMATE_STEPS and epoch == self.start_epoch and self.rank == 0:
-                self._print_estimate(time.perf_counter() - t0, step + 1, len(starts))
+            if step + 1 - first == ESTIMATE_STEPS and epoch == self.start_epoch and self.rank == 0:
+                self._print_estimate(time.perf_counter() - t0 - (resumed or {}).get("seconds", 0.0), ESTIMATE_STEPS,
+                                     len(starts))
+            if (
+                cfg.checkpoint_minutes > 0
+                and step + 1 < len(starts)
+                and time.perf_counter() - self._last_save >= 60 * cfg.checkpoint_minutes
+            ):
+                in_epoch = {"epoch": epoch, "step": step + 1, "generator": g.get_state(), "seen": seen,
+                            "correct": correct, "loss_sum": loss_sum, "lr": lr, "probes": probes,
+                            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+                if self.rank == 0:
+                    self.save_last(epoch - 1, in_epoch)
+                self._last_save = time.perf_counter()
         if own_bar:
             bar.close()
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
@@ -686,6 +726,20 @@ class Run:
             save_atomic(
                 {"model": self.model.state_dict(), "epoch": epoch, "config": self.cfg.to_dict()}, self.best_path
             )
+        self.save_last(epoch)
+        write_metrics(os.path.join(self.cfg.out, "metrics.csv"), self.history)
+        print(  # after the files: a closed stdout never costs the epoch's checkpoint
+            f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
+            + f" public {row['public_acc']:.4f}"
+            + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
+            + f" ({row['images_per_s']:.0f} img/s"
+            + (f", about {_duration(self._time_left(epoch))} to go)" if epoch + 1 < self.epochs else ")")
+        )
+
+    def save_last(self, epoch: int, in_epoch: dict | None = None) -> None:
+        """Write ``last.pt`` atomically: everything resume needs after 0-based ``epoch`` (-1: none
+        yet), and with ``in_epoch`` where the next epoch stands (its step, shuffling generator,
+        running sums), written by ``checkpoint_minutes`` inside long epochs."""
         save_atomic(
             {
                 "model": self.model.state_dict(),
@@ -698,17 +752,11 @@ class Run:
                 "config": self.cfg.to_dict(),
                 "identity": self.identity,
                 "code_revisions": self.code_revisions,
+                **({"in_epoch": in_epoch} if in_epoch is not None else {}),
             },
             self.last_path,
         )
-        write_metrics(os.path.join(self.cfg.out, "metrics.csv"), self.history)
-        print(  # after the files: a closed stdout never costs the epoch's checkpoint
-            f"epoch {epoch + 1}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f}"
-            + f" public {row['public_acc']:.4f}"
-            + (f" holdout {row['holdout_acc']:.4f}" if "holdout_acc" in row else "")
-            + f" ({row['images_per_s']:.0f} img/s"
-            + (f", about {_duration(self._time_left(epoch))} to go)" if epoch + 1 < self.epochs else ")")
-        )
+        self.saved_in_epoch = in_epoch
 
     def _time_left(self, epoch: int) -> float:
         """The remaining epochs at the mean wall time of the epochs this process ran (evaluation in)."""
@@ -789,7 +837,7 @@ class Run:
         self._fit_t0 = time.perf_counter()
         self._bar = bar = tqdm(
             total=self.epochs * self.steps_per_epoch,
-            initial=self.start_epoch * self.steps_per_epoch,
+            initial=self.start_epoch * self.steps_per_epoch + (self.in_epoch["step"] if self.in_epoch else 0),
             desc=f"epoch {self.start_epoch + 1}/{self.epochs}",
             unit="step",
             smoothing=0,

@@ -1,0 +1,252 @@
+"""Element-level CSR products (the storage of matrices whose synapses fill few blocks).
+
+``W[n_out, n_in]`` is one CSR: ``crow[n_out + 1]``, ``col[nnz]`` (int32), ``w[nnz]`` (float32).
+Three products, on batch-major activations ``[batch, n]`` like every op of the engine:
+
+* :func:`csr_fwd`: ``y = x @ W^T``;
+* :func:`csr_fwd_t`: ``dx = dy @ W`` (a scatter over the same CSR: no transposed index);
+* :func:`csr_sddmm`: ``out[k] = sum_b a[b, row(k)] * x[b, col(k)]`` at the synapses only (the
+  weight gradient with ``a = dy``; a second ``a`` gives the Hebbian correlation in the same pass).
+
+They run the compiled kernels of ``csrc/synapse_csr.c`` (feature-major inside: one contiguous
+batch vector per neuron) on ``torch.get_num_threads()`` threads. Without a C compiler they fall
+back to torch's sparse CSR (MKL) and say so once (:func:`implementation`).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .. import _native, plasticity
+from ..noise import synapse_noise
+
+__all__ = [
+    "csr_fwd",
+    "csr_fwd_t",
+    "csr_sddmm",
+    "implementation",
+    "is_element_storage",
+    "linear_fwd",
+    "linear_dx",
+    "linear_dw",
+    "plasticity_",
+]
+
+_warned = False
+
+
+def implementation() -> str:
+    """``"compiled"`` (``csrc/synapse_csr.c``) or ``"torch-csr"`` (the fallback, with the reason)."""
+    if _native.csr_kernels() is not None:
+        return "compiled"
+    return f"torch-csr ({_native.build_error('csr')})"
+
+
+def _kernels(dtype: torch.dtype = torch.float32):
+    """The compiled kernels for float32, else ``None`` (float64 runs torch's CSR: tests, references)."""
+    global _warned
+    if dtype != torch.float32:
+        return None
+    k = _native.csr_kernels()
+    if k is None and not _warned:
+        _warned = True
+        warnings.warn(
+            f"element-level CSR products run on torch's sparse CSR (slower): {_native.build_error('csr')}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return k
+
+
+def _check(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, a2d: torch.Tensor, n_rows: int, name: str) -> None:
+    if crow.dim() != 1 or crow.numel() != n_rows + 1:
+        raise ValueError(f"crow must be 1-D with {n_rows + 1} entries, got shape {tuple(crow.shape)}")
+    if col.dim() != 1 or w.dim() != 1 or col.numel() != w.numel():
+        raise ValueError(f"col and w must be 1-D of one length, got {tuple(col.shape)} and {tuple(w.shape)}")
+    if crow.numel() and int(crow[-1]) != col.numel():
+        raise ValueError(f"crow must end at the number of synapses ({col.numel()}), got {int(crow[-1])}")
+    if a2d.dim() != 2:
+        raise ValueError(f"{name} must be 2-D [batch, n], got shape {tuple(a2d.shape)}")
+    if w.dtype != a2d.dtype or w.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"the element-level products compute in float32 or float64, got {w.dtype} and {a2d.dtype}")
+    if a2d.device.type != "cpu":
+        raise ValueError(f"the element-level CPU products need CPU tensors, got {a2d.device}")
+
+
+def _fm(a2d: torch.Tensor) -> torch.Tensor:
+    """``[batch, n]`` -> contiguous feature-major ``[n, batch]`` (a stride-0 input is copied too)."""
+    return a2d.t().contiguous()
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def csr_fwd(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
+    """``y[batch, n_out] = x2d @ W^T``."""
+    n_out = crow.numel() - 1
+    _check(crow, col, w, x2d, n_out, "x")
+    k = _kernels(x2d.dtype)
+    if k is None:
+        return _torch_csr(crow, col, w, n_out, x2d.shape[1]).matmul(x2d.t()).t().contiguous()
+    crow64, col32, w = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(), w.contiguous()
+    x_fm = _fm(x2d)
+    y_fm = torch.empty(n_out, x2d.shape[0], dtype=torch.float32)
+    k.fwd(n_out, x2d.shape[0], _ptr(crow64), _ptr(col32), _ptr(w), _ptr(x_fm), _ptr(y_fm), torch.get_num_threads())
+    return y_fm.t().contiguous()
+
+
+def csr_fwd_t(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, dy2d: torch.Tensor, n_in: int) -> torch.Tensor:
+    """``dx[batch, n_in] = dy2d @ W``."""
+    n_out = crow.numel() - 1
+    _check(crow, col, w, dy2d, n_out, "dy")
+    if dy2d.shape[1] != n_out:
+        raise ValueError(f"dy must have {n_out} columns, got {dy2d.shape[1]}")
+    k = _kernels(dy2d.dtype)
+    if k is None:
+        return _torch_csr(crow, col, w, n_out, n_in).t().matmul(dy2d.t()).t().contiguous()
+    crow64, col32, w = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(), w.contiguous()
+    dy_fm = _fm(dy2d)
+    dx_fm = torch.empty(n_in, dy2d.shape[0], dtype=torch.float32)
+    ptrs = (_ptr(crow64), _ptr(col32), _ptr(w), _ptr(dy_fm), _ptr(dx_fm))
+    rc = k.fwd_t(n_out, n_in, dy2d.shape[0], *ptrs, torch.get_num_threads())
+    if rc != 0:
+        raise MemoryError(f"csr_fwd_t: no memory for the per-thread buffers ({n_in} x {dy2d.shape[0]} floats each)")
+    return dx_fm.t().contiguous()
+
+
+def csr_sddmm(
+    crow: torch.Tensor, col: torch.Tensor, a2d: torch.Tensor, x2d: torch.Tensor, a2_2d: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(out[nnz], out2[nnz] | None)``: ``a^T x`` (and ``a2^T x``) sampled at the synapses, summed
+    over the batch (not averaged)."""
+    n_out = crow.numel() - 1
+    nnz = col.numel()
+    _check(crow, col, torch.empty(nnz, dtype=a2d.dtype), a2d, n_out, "a")
+    if x2d.dim() != 2 or x2d.shape[0] != a2d.shape[0] or x2d.dtype != a2d.dtype:
+        raise ValueError(f"x must be [batch={a2d.shape[0]}, n_in] in {a2d.dtype}, got {tuple(x2d.shape)} {x2d.dtype}")
+    k = _kernels(a2d.dtype)
+    if k is None:
+        pattern = _torch_csr(crow, col, torch.zeros(nnz, dtype=a2d.dtype), n_out, x2d.shape[1])
+        outs = [
+            torch.sparse.sampled_addmm(pattern, a.t(), x2d, beta=0.0).values() for a in (a2d, a2_2d) if a is not None
+        ]
+        return outs[0], (outs[1] if len(outs) > 1 else None)
+    crow64, col32 = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous()
+    a_fm, x_fm = _fm(a2d), _fm(x2d)
+    out = torch.empty(nnz, dtype=torch.float32)
+    a2_fm = out2 = None
+    if a2_2d is not None:
+        a2_fm, out2 = _fm(a2_2d), torch.empty(nnz, dtype=torch.float32)
+    k.sddmm(
+        n_out,
+        a2d.shape[0],
+        _ptr(crow64),
+        _ptr(col32),
+        _ptr(a_fm),
+        _ptr(x_fm),
+        _ptr(out),
+        None if a2_fm is None else _ptr(a2_fm),
+        None if out2 is None else _ptr(out2),
+        torch.get_num_threads(),
+    )
+    return out, out2
+
+
+def _torch_csr(crow, col, w, n_out, n_in) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow.to(torch.int64), col.to(torch.int64), w, (n_out, n_in))
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend contract (bionic_sparse.backends) for element storage: values [nnz, 1, 1], one CSR.
+
+
+def is_element_storage(values: torch.Tensor, index: torch.Tensor) -> bool:
+    """True when ``values`` (``[nnz, 1, 1]``) comes without a per-synapse ``index`` view (``row``,
+    ``perm_t``): element storage, whose products run here."""
+    return values.dim() == 3 and values.shape[-1] == 1 and index.numel() != values.shape[0]
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _weights(values: torch.Tensor, sigma: float, seed: int, multiplicative: bool, dtype: torch.dtype) -> torch.Tensor:
+    """``noisy(values)`` ``[nnz]``: synapse ``k`` draws the noise of slot ``k`` (as blocks of 1)."""
+    w = values.reshape(-1).to(dtype)
+    if sigma != 0.0:
+        xi = synapse_noise(seed, values.shape[0], 1, device=values.device).reshape(-1).to(dtype)
+        w = torch.addcmul(w, w, xi, value=sigma) if multiplicative else torch.add(w, xi, alpha=sigma)
+    return w
+
+
+def _flat(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t.reshape(-1, t.shape[-1]).to(dtype)
+
+
+def linear_fwd(*, x, values, crow, col, sign, n_out, sigma, seed, multiplicative, post_bias, post_moments):
+    """``y = x @ W_eff^T`` (the sign folded into the input: one multiply per input, not per synapse)."""
+    dtype = _compute_dtype(x)
+    x2d = _flat(x, dtype)
+    if sign is not None:
+        x2d = x2d * sign.to(dtype)
+    y = csr_fwd(crow, col, _weights(values, sigma, seed, multiplicative, dtype), x2d).to(x.dtype)
+    if post_moments is not None:
+        post_moments.copy_(plasticity.post_moments(y if post_bias is None else y + post_bias.to(y.dtype)))
+    return y.reshape(*x.shape[:-1], n_out)
+
+
+def linear_dx(*, dy, values, crow, col, sign, n_in, sigma, seed, multiplicative):
+    """``dx = (dy @ W_eff) * sign``, a scatter over the forward CSR."""
+    dtype = _compute_dtype(dy)
+    dx = csr_fwd_t(crow, col, _weights(values, sigma, seed, multiplicative, dtype), _flat(dy, dtype), n_in)
+    if sign is not None:
+        dx = dx * sign.to(dtype)
+    return dx.to(dy.dtype).reshape(*dy.shape[:-1], n_in)
+
+
+def linear_dw(*, dy, x, crow, col, out_dtype, sign, sigma, seed, multiplicative, post, post_bias, corr):
+    """The weight gradient ``[nnz, 1, 1]`` at the synapses and, with ``corr``, the Hebbian
+    correlation ``(post + post_bias)^T x / B`` from the same pass over ``x``."""
+    dtype = _compute_dtype(x)
+    x2d = _flat(x, dtype)
+    batch = x2d.shape[0]
+    a2 = None
+    if corr is not None:
+        a2 = _flat(post, dtype)
+        if post_bias is not None:
+            a2 = a2 + post_bias.to(dtype)
+    if dy is None:
+        if a2 is not None:
+            h, _ = csr_sddmm(crow, col, a2, x2d)
+            corr.view(-1).copy_(h.div_(max(batch, 1)))
+        return None
+    g, h = csr_sddmm(crow, col, _flat(dy, dtype), x2d, a2)
+    if h is not None:
+        corr.view(-1).copy_(h.div_(max(batch, 1)))
+    if sign is not None:  # dW = dy^T (x * sign): the sign is one per input column
+        g.mul_(sign.to(dtype).index_select(0, col))
+    if sigma != 0.0 and multiplicative:
+        xi = synapse_noise(seed, col.numel(), 1, device=g.device).reshape(-1).to(dtype)
+        g.mul_(xi.mul(sigma).add_(1.0))  # d noisy(W) / dW = 1 + sigma xi
+    return g.to(out_dtype).view(-1, 1, 1)
+
+
+def plasticity_(*, values, corr, crow, post_sq, scale, eta, oja):
+    """The plasticity rule at every synapse, in place (the postsynaptic row of each synapse is
+    derived from ``crow`` for the step: element storage keeps no COO rows)."""
+    counts = (crow[1:] - crow[:-1]).long()
+    row = torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts, output_size=values.shape[0])
+    new = plasticity.plasticity_rule(
+        values.reshape(-1),
+        corr.reshape(-1),
+        post_sq.index_select(0, row),
+        None if scale is None else scale.index_select(0, row),
+        eta,
+        oja,
+    )
+    values.view(-1).copy_(new)

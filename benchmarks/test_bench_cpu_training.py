@@ -38,14 +38,6 @@ from .cpu_training import ROOT, make_run, time_epoch
 from .test_bench_bsr_linear import CPU_CASE, _block_mask, _DenseMaskedLinear, _plastic_step, _train_step
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 

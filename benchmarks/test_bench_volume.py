@@ -94,14 +94,6 @@ def _median_seconds(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("which", list(EDGES))
 def test_volume_train_step(benchmark, which, one_thread):
     column, pre, post = _edges(which)

@@ -46,8 +46,10 @@ def test_grid_covers_the_design():
         "no_noise",
         "no_conv_front_end",
         "baseline",
+        "plasticity_lr",
     }
     assert set(VARIANTS) == expected
+    assert VARIANTS["plasticity_lr"] == ({"plasticity_schedule": "lr"}, {})
     # the connectome masks alone: every biological feature off, the masks kept
     _, no_biology = VARIANTS["no_biology"]
     assert no_biology == {"signed": False, "noise_sigma": 0.0, "hebbian_eta": 0.0, "homeostasis_rate": 0.0}
@@ -292,7 +294,7 @@ def test_report_only_reads_the_folder_and_sizes_the_plasticity_terms(tmp_path, c
     assert main(["--report", "--out", str(tmp_path), "--seeds", "0", "1"]) == 0
     out = capsys.readouterr().out
     assert "| full | 2 | 61.00 ± 1.41 | - | - |" in out
-    assert "4 runs finished, 0 failed, 26 not run yet" in out  # 15 variants x 2 seeds
+    assert "4 runs finished, 0 failed, 28 not run yet" in out  # 16 variants x 2 seeds
     assert "| full | 0.2 | 0.02 |" in out and "| no_hebbian | 1e-07 | 0.03 |" in out
     assert "| baseline |" not in out.split("Size of each plasticity term")[1]
     with open(tmp_path / "ablations.csv") as f:

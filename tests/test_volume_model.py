@@ -3,7 +3,6 @@ order and its inverse, the wiring controls, the trainer (config, CLI, exact resu
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
@@ -23,6 +22,8 @@ from bionic_sparse.data.fer2013 import write_fer_csv
 from bionic_sparse.models.volume import VolumeConfig, VolumeModel, random_edges, rewired_edges
 from bionic_sparse.training import Run, TrainConfig, train
 from bionic_sparse.training.cli import config_from_args
+
+from .test_train_fer import _interrupt_at, _metrics
 
 N = 900
 TINY = dict(n_neurons=N, front_channels=(4, 8), front_pool=3, steps=3)
@@ -189,26 +190,6 @@ def test_train_config_takes_the_volume_model():
         TrainConfig.from_dict({"model": "volume", "model_config": {"units_per_neuron": 4}})
     cli = config_from_args(["--volume", "--epochs", "1"])
     assert cli.model == "volume" and cli.out.endswith("volume-seed0")
-
-
-def _interrupt_at(monkeypatch, epoch: int):
-    real = Run.train_epoch
-
-    def train_epoch(self, e):
-        if e == epoch:
-            raise KeyboardInterrupt
-        return real(self, e)
-
-    monkeypatch.setattr(Run, "train_epoch", train_epoch)
-    return real
-
-
-def _metrics(path) -> list[dict]:
-    with open(path) as f:
-        return [
-            {k: v for k, v in r.items() if k not in ("seconds", "images_per_s", "cpu_seconds")}
-            for r in csv.DictReader(f)
-        ]
 
 
 def test_trainer_runs_and_resumes_the_volume_model_exactly(tiny_csv, tmp_path, monkeypatch):

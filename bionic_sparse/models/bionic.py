@@ -4,24 +4,23 @@ conventional baseline of the same size. Every biological feature is a switch in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..connectome import laminar_masks, load_connectome
-from ..fields import coerce_fields
 from ..nn import MaskedLinear, SparseConnectomeLinear
 from ..plasticity import NOISE_MODES
+from .common import N_CLASSES, ModelConfigFields, check_shared_fields, conv_stack
 
 __all__ = ["BioNICConfig", "BioNIC", "ConventionalBaseline", "N_CLASSES"]
 
-N_CLASSES = 7
 MASK_KINDS = ("connectome", "dense", "random", "rewired", "shuffled_laminae", "none")
 
 
 @dataclass
-class BioNICConfig:
+class BioNICConfig(ModelConfigFields):
     """Model configuration (defaults: the full biological model)."""
 
     connectome: str = "synthetic"  # "synthetic" or a cached Column directory
@@ -61,43 +60,16 @@ class BioNICConfig:
         for name in ("units_per_neuron", "block_size", "front_pool"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model_config.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.front_channels or min(self.front_channels) < 1:
-            raise ValueError(f"model_config.front_channels must be positive channel counts, got {self.front_channels}")
-        for name in ("g_inh", "noise_sigma", "hebbian_eta", "target_rate"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"model_config.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("homeostasis_rate", "dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"model_config.{name} must lie in [0, 1), got {getattr(self, name)}")
+        check_shared_fields(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> BioNICConfig:
-        """From a loose mapping (JSON, YAML): keys and types checked (:mod:`bionic_sparse.fields`)."""
-        return cls(**coerce_fields(cls, d, "model_config"))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _front_end(cfg: BioNICConfig) -> tuple[nn.Module, int]:
     """VGG-style conv stack (local, weight-shared: retinotopic); returns (module, feature size)."""
     if not cfg.conv_front_end:
         return nn.Flatten(), 48 * 48
-    layers: list[nn.Module] = []
-    c_in = 1
-    for c in cfg.front_channels:
-        layers += [
-            nn.Conv2d(c_in, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-        c_in = c
-    layers += [nn.AdaptiveAvgPool2d(cfg.front_pool), nn.Flatten()]
-    return nn.Sequential(*layers), c_in * cfg.front_pool**2
+    layers, channels = conv_stack(cfg.front_channels, cfg.front_pool)
+    return nn.Sequential(*layers, nn.Flatten()), channels * cfg.front_pool**2
 
 
 class BioNIC(nn.Module):

@@ -22,7 +22,7 @@ LayerNorm -> ReLU) -> readout from ``readout_layers`` -> logits ``[B, 7]``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,10 +30,9 @@ from torch import nn
 
 from ..connectome import LAYERS, load_connectome
 from ..connectome.reorder import ORDERS, reorder, to_original
-from ..fields import coerce_fields
 from ..nn import SparseConnectomeLinear
 from ..plasticity import NOISE_MODES
-from .bionic import N_CLASSES
+from .common import N_CLASSES, ModelConfigFields, check_shared_fields, conv_stack
 
 __all__ = ["VolumeConfig", "VolumeModel", "random_edges", "rewired_edges"]
 
@@ -41,7 +40,7 @@ VOLUME_MASKS = ("connectome", "random", "rewired")
 
 
 @dataclass
-class VolumeConfig:
+class VolumeConfig(ModelConfigFields):
     """Configuration of :class:`VolumeModel` (the trainer's ``model_config`` for ``model="volume"``)."""
 
     connectome: str = "volume"  # "volume" (synthetic, cached), a saved Column directory or a .h5 file
@@ -82,19 +81,8 @@ class VolumeConfig:
                 raise ValueError(f"model_config layer {lay!r} is not one of {LAYERS}")
         if not self.readout_layers:
             raise ValueError("model_config.readout_layers must name at least one layer")
-        for name in ("g_inh", "noise_sigma", "hebbian_eta", "target_rate"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"model_config.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("homeostasis_rate", "dropout"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"model_config.{name} must lie in [0, 1), got {getattr(self, name)}")
+        check_shared_fields(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> VolumeConfig:
-        return cls(**coerce_fields(cls, d, "model_config"))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def random_edges(n: int, n_edges: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,24 +133,6 @@ def rewired_edges(pre: np.ndarray, post: np.ndarray, n: int, seed: int, rounds: 
     return (uniq // n).astype(np.int32), (uniq % n).astype(np.int32), dropped
 
 
-def _front_end(channels: tuple[int, ...], pool: int) -> tuple[nn.Module, int]:
-    layers: list[nn.Module] = []
-    c_in = 1
-    for c in channels:
-        layers += [
-            nn.Conv2d(c_in, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(c, c, 3, padding=1, bias=False),
-            nn.BatchNorm2d(c),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(2),
-        ]
-        c_in = c
-    layers.append(nn.AdaptiveAvgPool2d(pool))
-    return nn.Sequential(*layers), c_in
-
-
 class VolumeModel(nn.Module):
     """Input ``[B, 1, 48, 48]`` -> logits ``[B, 7]`` through a recurrent connectome volume (see the
     module docstring). Plasticity: call :meth:`after_optimizer_step` after each optimiser step."""
@@ -196,7 +166,8 @@ class VolumeModel(nn.Module):
         del pre, post
         self.n_synapses = self.volume.storage()["synapses"]
 
-        self.front, channels = _front_end(cfg.front_channels, cfg.front_pool)
+        layers, channels = conv_stack(cfg.front_channels, cfg.front_pool)
+        self.front = nn.Sequential(*layers)
         self.front.to(memory_format=torch.channels_last)
         # retinotopy: the feature-map cell under each input neuron's soma
         inputs = np.flatnonzero(column.layer == cfg.input_layer)

@@ -59,6 +59,9 @@ VARIANTS: dict[str, tuple[dict, dict]] = {
     "no_noise": ({}, {"noise_sigma": 0.0}),
     "no_conv_front_end": ({}, {"conv_front_end": False}),
     "baseline": ({"model": "baseline"}, {}),
+    # the Hebbian and homeostatic rates scaled by the learning-rate schedule (warm-up, cosine), so
+    # that plasticity stops when the optimiser does; the question of issue #32's plasticity section
+    "plasticity_lr": ({"plasticity_schedule": "lr"}, {}),
 }
 
 

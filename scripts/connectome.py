@@ -34,6 +34,7 @@ from bionic_sparse.connectome import (  # noqa: E402
     volume_summary,
 )
 from bionic_sparse.connectome.microns import DEFAULT_DATASTACK, DEFAULT_VERSION  # noqa: E402
+from bionic_sparse.connectome.reorder import ORDERS  # noqa: E402
 
 
 def cmd_fetch(args) -> int:
@@ -202,14 +203,17 @@ def cmd_fill(args) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     t0 = time.perf_counter()
-    report = block_fill_report(column, block_sizes=tuple(args.block_sizes))
+    report = block_fill_report(column, block_sizes=tuple(args.block_sizes), orders=tuple(args.orders))
     report.update(connectome=args.connectome, seed=args.seed, seconds=round(time.perf_counter() - t0, 1),
                   peak_rss_gb=round(_peak_rss_gb(), 3))  # fmt: skip
     print(f"{report['n_neurons']:,} neurons, {report['n_synapses']:,} connected pairs")
     print("order            |pre - post|  " + "  ".join(f"fill b={b:<3}" for b in args.block_sizes))
     for method, entry in report["orders"].items():
+        if "unavailable" in entry:
+            print(f"{method:<16} unavailable: {entry['unavailable']}")
+            continue
         fills = "  ".join(f"{100 * entry[f'b{b}']['fill']:8.2f} %" for b in args.block_sizes)
-        print(f"{method:<16} {entry['mean_index_distance']:11,.0f}  {fills}")
+        print(f"{method:<16} {entry['mean_index_distance']:11,.0f}  {fills}  ({entry['order_seconds']:.1f} s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
@@ -271,6 +275,7 @@ def main(argv=None) -> int:
     fl.add_argument("--neurons", type=int, default=VOLUME_NEURONS, help="with --connectome volume")
     fl.add_argument("--cache", default=None, help="volume cache directory (default $BIONIC_SPARSE_CACHE/volumes)")
     fl.add_argument("--block-sizes", type=int, nargs="+", default=[16, 32, 64])
+    fl.add_argument("--orders", nargs="+", choices=ORDERS, default=list(ORDERS), help="neuron orders to measure")
     fl.add_argument("--json", default=None, help="also write the report to this file")
     c = sub.add_parser("import-csv", help="read a connections_with_nuclei + cell-type CSV export into a Column")
     c.add_argument("connections")

@@ -4,6 +4,7 @@ order and its inverse, the wiring controls, the trainer (config, CLI, exact resu
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -73,7 +74,30 @@ def test_laminar_spatial_keeps_layers_contiguous(volume):
     changes = int((layers[1:] != layers[:-1]).sum())
     assert changes == len(set(volume.layer.tolist())) - 1
     with pytest.raises(ValueError, match="method must be one of"):
+        neuron_order(volume, "hilbert")
+
+
+def test_metis_parts_gather_synapses_and_say_when_pymetis_is_missing(volume, monkeypatch):
+    pytest.importorskip("pymetis")
+    import dataclasses
+
+    # 15 disjoint cliques of 60 scattered neurons: the parts (60 neurons each, 900 / 64 -> 15) are
+    # the cliques, so each clique must come out as one contiguous run of indices
+    group = np.random.default_rng(0).permutation(N) // 60
+    pre, post = np.nonzero((group[:, None] == group[None, :]) & ~np.eye(N, dtype=bool))
+    cliques = dataclasses.replace(volume, pre=pre.astype(np.int32), post=post.astype(np.int32),
+                                  n_synapses=np.ones(pre.size, dtype=volume.n_synapses.dtype), size=volume.size[:0])  # fmt: skip
+    order = neuron_order(cliques, "metis")
+    assert sorted(order.tolist()) == list(range(N))
+    runs = group[order]
+    assert int((runs[1:] != runs[:-1]).sum()) == 14  # one run per clique
+    report = block_fill_report(cliques, block_sizes=(60,), orders=("identity", "metis"))
+    assert report["orders"]["metis"]["b60"]["fill"] > 3 * report["orders"]["identity"]["b60"]["fill"]
+    monkeypatch.setitem(sys.modules, "pymetis", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"bionic-sparse\[metis\]"):
         neuron_order(volume, "metis")
+    report = block_fill_report(volume, block_sizes=(16,), orders=("identity", "metis"))
+    assert "pymetis" in report["orders"]["metis"]["unavailable"] and "b16" in report["orders"]["identity"]
 
 
 def test_block_fill_report_counts_blocks(volume):
@@ -168,7 +192,7 @@ def test_wiring_controls_keep_the_synapse_count(masks):
     "field,value,match",
     [
         ("masks", "dense", "masks must be one of"),
-        ("order", "metis", "order must be one of"),
+        ("order", "hilbert", "order must be one of"),
         ("steps", 0, "steps must be >= 1"),
         ("readout_layers", ("L9",), "is not one of"),
         ("dropout", 1.0, "dropout must lie in"),

@@ -4,20 +4,22 @@ synthetic volume's synapses (issue #31), against edges, beside torch's own CSR.
     BIONIC_SPARSE_CACHE=DIR pytest benchmarks/test_bench_volume.py \
         --benchmark-json benchmarks/results/<date>-volume.json
 
-The matrix is the synthetic volume's (82,247 neurons, 54.5 M connected pairs, seed 0; built once
-and cached, ~4 min) in the ``laminar-spatial`` order, and uniformly random subsets of its synapses
-of 10^6 and 10^7 edges (the same 82,247 neurons, so that only the edge count changes). The layer
-is built as users build it (``block_size="auto"``, which stores the synapses alone as one CSR),
-with Dale signs (graded inhibition), synaptic noise and plasticity recording on; one step is
-forward (batch 64), backward, AdamW, Dale projection and the Hebbian + homeostatic update,
-at one thread. Beside it, the same products through torch's CSR (MKL): ``torch.sparse.mm`` for the
-forward, and for the backward what autograd of a sparse CSR product computes (``W^T dy`` through the
-transposed CSR and the sampled product ``dy x^T`` on the pattern). Dense would need
-``82,247^2`` fp32 = 27.1 GB for the weights alone (54 GB with the gradient), more than the
-machine. The peak RSS of a fresh process that builds the full-volume layer and runs two steps is
-in ``extra_info`` (ru_maxrss). Last, the whole-volume FER-2013 model (``configs/fer-cpu-volume.json``)
-through ``Run.train_epoch``, the trainer's step (front end, 3 recurrent steps, AdamW, plasticity),
-on synthetic images: the cost of one batch, hence of an epoch of FER-2013's 28,709 images.
+The matrix is the synthetic volume's (82,247 neurons, 54.5 M connected pairs, seed 0; built once and
+cached, ~4 min) in the ``laminar-spatial`` order, and uniformly random subsets of its synapses of
+10^6 and 10^7 edges (the same 82,247 neurons, so that only the edge count changes). The layer is
+built as users build it (``block_size="auto"``, which stores the synapses alone as one CSR), with
+Dale signs (graded inhibition), synaptic noise and plasticity recording on; one step is forward
+(batch 64), backward, AdamW, Dale projection and the Hebbian + homeostatic update, at one thread.
+Beside it, the same products through torch's CSR (MKL): ``torch.sparse.mm`` for the forward (against
+the layer's forward in eval mode, the same product; the training forward, which also draws the noise
+of every synapse, is reported beside it), and for the backward what autograd of a sparse CSR product
+computes (``W^T dy`` through the transposed CSR and the sampled product ``dy x^T`` on the pattern).
+Dense would need ``82,247^2`` fp32 = 27.1 GB for the weights alone (54 GB with the gradient), more
+than the machine. The peak RSS of a fresh process that builds the full-volume layer and runs two
+steps is in ``extra_info`` (ru_maxrss). Last, the whole-volume FER-2013 model (``configs/fer-cpu-volume.json``)
+through ``Run.train_epoch``, the trainer's step (front end, 3 recurrent steps, AdamW,
+plasticity), on synthetic images: the cost of one batch, hence of an epoch of FER-2013's 28,709
+images.
 """
 
 from __future__ import annotations
@@ -110,7 +112,10 @@ def test_volume_train_step(benchmark, which, one_thread):
     ours_step = statistics.median(benchmark.stats.stats.data)
     with torch.no_grad():
         with layer.recording(False):  # the forward alone (recording without a backward takes the Hebbian term)
+            ours_fwd_noisy = _median_seconds(lambda: layer(x), rounds)  # training: noise drawn per synapse
+            layer.eval()  # the same product torch's CSR computes: no noise (the sign is folded in either way)
             ours_fwd = _median_seconds(lambda: layer(x), rounds)
+            layer.train()
         # torch's CSR of the same synapses (values as the layer holds them, sign folded in)
         m = layer.matrix
         crow = m.crow.to(torch.int64)
@@ -137,6 +142,7 @@ def test_volume_train_step(benchmark, which, one_thread):
         storage=report,
         ours_train_step_s=ours_step,
         ours_forward_s=ours_fwd,
+        ours_forward_with_noise_s=ours_fwd_noisy,
         torch_csr_forward_s=torch_fwd,
         torch_csr_forward_backward_s=torch_step,
         forward_speedup_vs_torch=torch_fwd / ours_fwd,

@@ -133,6 +133,9 @@ class CsrKernels:
         self.sddmm = lib.bionic_csr_sddmm
         self.sddmm.argtypes = [i64, i64, p, p, p, p, p, p, p, i]
         self.sddmm.restype = None
+        self.transpose = lib.bionic_transpose
+        self.transpose.argtypes = [i64, i64, p, p, p, p, i]
+        self.transpose.restype = None
 
 
 def csr_kernels() -> CsrKernels | None:

@@ -45,6 +45,12 @@ def test_products_match_dense(dtype, shape, batch, threads, monkeypatch):
     g, h = element.csr_sddmm(crow, col, dy, x, post)
     torch.testing.assert_close(g.double(), (dy.double().t() @ x.double())[mask], rtol=tol, atol=tol * batch)
     torch.testing.assert_close(h.double(), (post.double().t() @ x.double())[mask], rtol=tol, atol=tol * batch)
+    # Dale's sign folded into the transposes: exactly what a separate multiply gives
+    sign_in = torch.where(torch.rand(shape[1]) < 0.3, -1.0, 1.0).to(dtype)
+    sign_out = torch.where(torch.rand(shape[1]) < 0.3, -0.5, 1.0).to(dtype)
+    assert torch.equal(element.csr_fwd(crow, col, v, x, sign_in), element.csr_fwd(crow, col, v, x * sign_in))
+    dx_signed = element.csr_fwd_t(crow, col, v, dy, shape[1], sign_out)
+    assert torch.equal(dx_signed, dx * sign_out)
 
 
 def test_stride0_gradient_and_empty_matrix():
@@ -111,6 +117,26 @@ def test_layer_matches_dense_reference(mode):
     if mode == "multiplicative":
         dw = dw * (1 + sigma * xi)
     torch.testing.assert_close(layer.matrix.to_dense(layer.values.grad), dw * mask, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("lead", [(7,), (2, 3)])
+def test_compiled_path_with_sign_and_leading_dims(lead):
+    """float32 (the compiled kernels and transposes): Dale's sign folded into the transposes, inputs
+    with any leading dims, an output that is no view (in-place ops may follow), stride-0 dy."""
+    torch.manual_seed(5)
+    n_in, n_out = 70, 45
+    mask = _mask(n_out, n_in, 0.2, seed=5)
+    sign = torch.where(torch.rand(n_in) < 0.7, 1.0, -0.5)
+    layer = bs.SparseConnectomeLinear(n_in, n_out, mask=mask, block_size=1, sign=sign).eval()
+    x = torch.randn(*lead, n_in, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (*lead, n_out) and y._base is None
+    w_eff = (layer.matrix.to_dense(layer.values.detach()) * sign).double()
+    ref = x.detach().double() @ w_eff.t() + layer.bias.detach().double()
+    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
+    y.sum().backward()  # dy: a stride-0 expansion of ones
+    torch.testing.assert_close(x.grad.double(), torch.ones(*lead, n_out, dtype=torch.float64) @ w_eff, rtol=1e-5,
+                               atol=1e-5)  # fmt: skip
 
 
 def _forward_seed(layer) -> int:

@@ -85,8 +85,10 @@ def test_metis_parts_gather_synapses_and_say_when_pymetis_is_missing(volume, mon
     # the cliques, so each clique must come out as one contiguous run of indices
     group = np.random.default_rng(0).permutation(N) // 60
     pre, post = np.nonzero((group[:, None] == group[None, :]) & ~np.eye(N, dtype=bool))
-    cliques = dataclasses.replace(volume, pre=pre.astype(np.int32), post=post.astype(np.int32),
-                                  n_synapses=np.ones(pre.size, dtype=volume.n_synapses.dtype), size=volume.size[:0])  # fmt: skip
+    ones = np.ones(pre.size, dtype=volume.n_synapses.dtype)
+    cliques = dataclasses.replace(
+        volume, pre=pre.astype(np.int32), post=post.astype(np.int32), n_synapses=ones, size=volume.size[:0]
+    )
     order = neuron_order(cliques, "metis")
     assert sorted(order.tolist()) == list(range(N))
     runs = group[order]

@@ -75,46 +75,84 @@ def _check(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, a2d: torch.Te
         raise ValueError(f"the element-level CPU products need CPU tensors, got {a2d.device}")
 
 
-def _fm(a2d: torch.Tensor) -> torch.Tensor:
-    """``[batch, n]`` -> contiguous feature-major ``[n, batch]`` (a stride-0 input is copied too)."""
-    return a2d.t().contiguous()
+def _fm(a2d: torch.Tensor, k=None, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[batch, n]`` -> contiguous feature-major ``[n, batch]`` (a stride-0 input is copied too),
+    times ``scale[n]`` when given; through the compiled tiled transpose when ``k`` has it (torch's
+    strided copy of a ``[64, 82k]`` batch costs as much as a product with 10^6 synapses)."""
+    if k is None:
+        a2d = a2d if scale is None else a2d * scale
+        return a2d.t().contiguous()
+    src = a2d.contiguous()
+    out = torch.empty(a2d.shape[1], a2d.shape[0], dtype=torch.float32)
+    sc = None if scale is None else scale.to(torch.float32).contiguous()
+    k.transpose(a2d.shape[0], a2d.shape[1], _ptr(src), None, None if sc is None else _ptr(sc), _ptr(out),
+                torch.get_num_threads())
+    return out
+
+
+def _bm(a_fm: torch.Tensor, k, scale: torch.Tensor | None = None, shape: tuple | None = None) -> torch.Tensor:
+    """Feature-major ``[n, batch]`` -> contiguous ``[batch, n]``, times ``scale[n]`` when given,
+    allocated as ``shape`` (``[..., n]`` with ``batch`` rows in all) so that no view is returned."""
+    out = torch.empty(shape or (a_fm.shape[1], a_fm.shape[0]), dtype=torch.float32)
+    sc = None if scale is None else scale.to(torch.float32).contiguous()
+    k.transpose(a_fm.shape[0], a_fm.shape[1], _ptr(a_fm), None if sc is None else _ptr(sc), None, _ptr(out),
+                torch.get_num_threads())
+    return out
 
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
-def csr_fwd(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, x2d: torch.Tensor) -> torch.Tensor:
-    """``y[batch, n_out] = x2d @ W^T``."""
+def csr_fwd(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    w: torch.Tensor,
+    x2d: torch.Tensor,
+    in_scale: torch.Tensor | None = None,
+    out_shape: tuple | None = None,
+) -> torch.Tensor:
+    """``y[batch, n_out] = (x2d * in_scale) @ W^T`` (``in_scale[n_in]``: Dale's sign, optional),
+    returned with ``out_shape`` (default ``[batch, n_out]``)."""
     n_out = crow.numel() - 1
     _check(crow, col, w, x2d, n_out, "x")
     k = _kernels(x2d.dtype)
     if k is None:
-        return _torch_csr(crow, col, w, n_out, x2d.shape[1]).matmul(x2d.t()).t().contiguous()
+        x2d = x2d if in_scale is None else x2d * in_scale.to(x2d.dtype)
+        y = _torch_csr(crow, col, w, n_out, x2d.shape[1]).matmul(x2d.t()).t().contiguous()
+        return y if out_shape is None else y.reshape(out_shape)
     crow64, col32, w = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(), w.contiguous()
-    x_fm = _fm(x2d)
+    x_fm = _fm(x2d, k, in_scale)
     y_fm = torch.empty(n_out, x2d.shape[0], dtype=torch.float32)
     k.fwd(n_out, x2d.shape[0], _ptr(crow64), _ptr(col32), _ptr(w), _ptr(x_fm), _ptr(y_fm), torch.get_num_threads())
-    return y_fm.t().contiguous()
+    return _bm(y_fm, k, shape=out_shape)
 
 
-def csr_fwd_t(crow: torch.Tensor, col: torch.Tensor, w: torch.Tensor, dy2d: torch.Tensor, n_in: int) -> torch.Tensor:
-    """``dx[batch, n_in] = dy2d @ W``."""
+def csr_fwd_t(
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    w: torch.Tensor,
+    dy2d: torch.Tensor,
+    n_in: int,
+    out_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``dx[batch, n_in] = (dy2d @ W) * out_scale`` (``out_scale[n_in]``: Dale's sign, optional)."""
     n_out = crow.numel() - 1
     _check(crow, col, w, dy2d, n_out, "dy")
     if dy2d.shape[1] != n_out:
         raise ValueError(f"dy must have {n_out} columns, got {dy2d.shape[1]}")
     k = _kernels(dy2d.dtype)
     if k is None:
-        return _torch_csr(crow, col, w, n_out, n_in).t().matmul(dy2d.t()).t().contiguous()
+        dx = _torch_csr(crow, col, w, n_out, n_in).t().matmul(dy2d.t()).t().contiguous()
+        return dx if out_scale is None else dx * out_scale.to(dx.dtype)
     crow64, col32, w = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous(), w.contiguous()
-    dy_fm = _fm(dy2d)
+    dy_fm = _fm(dy2d, k)
     dx_fm = torch.empty(n_in, dy2d.shape[0], dtype=torch.float32)
     ptrs = (_ptr(crow64), _ptr(col32), _ptr(w), _ptr(dy_fm), _ptr(dx_fm))
     rc = k.fwd_t(n_out, n_in, dy2d.shape[0], *ptrs, torch.get_num_threads())
     if rc != 0:
         raise MemoryError(f"csr_fwd_t: no memory for the per-thread buffers ({n_in} x {dy2d.shape[0]} floats each)")
-    return dx_fm.t().contiguous()
+    return _bm(dx_fm, k, out_scale)
 
 
 def csr_sddmm(
@@ -135,11 +173,11 @@ def csr_sddmm(
         ]
         return outs[0], (outs[1] if len(outs) > 1 else None)
     crow64, col32 = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous()
-    a_fm, x_fm = _fm(a2d), _fm(x2d)
+    a_fm, x_fm = _fm(a2d, k), _fm(x2d, k)
     out = torch.empty(nnz, dtype=torch.float32)
     a2_fm = out2 = None
     if a2_2d is not None:
-        a2_fm, out2 = _fm(a2_2d), torch.empty(nnz, dtype=torch.float32)
+        a2_fm, out2 = _fm(a2_2d, k), torch.empty(nnz, dtype=torch.float32)
     k.sddmm(
         n_out,
         a2d.shape[0],
@@ -192,20 +230,20 @@ def linear_fwd(*, x, values, crow, col, sign, n_out, sigma, seed, multiplicative
     """``y = x @ W_eff^T`` (the sign folded into the input: one multiply per input, not per synapse)."""
     dtype = _compute_dtype(x)
     x2d = _flat(x, dtype)
-    if sign is not None:
-        x2d = x2d * sign.to(dtype)
-    y = csr_fwd(crow, col, _weights(values, sigma, seed, multiplicative, dtype), x2d).to(x.dtype)
+    sign = None if sign is None else sign.to(dtype)
+    out_shape = (*x.shape[:-1], n_out)  # written in place: a reshaped view would be copied again
+    y = csr_fwd(crow, col, _weights(values, sigma, seed, multiplicative, dtype), x2d, sign, out_shape).to(x.dtype)
     if post_moments is not None:
-        post_moments.copy_(plasticity.post_moments(y if post_bias is None else y + post_bias.to(y.dtype)))
-    return y.reshape(*x.shape[:-1], n_out)
+        y2d = y.reshape(-1, n_out)
+        post_moments.copy_(plasticity.post_moments(y2d if post_bias is None else y2d + post_bias.to(y.dtype)))
+    return y
 
 
 def linear_dx(*, dy, values, crow, col, sign, n_in, sigma, seed, multiplicative):
     """``dx = (dy @ W_eff) * sign``, a scatter over the forward CSR."""
     dtype = _compute_dtype(dy)
-    dx = csr_fwd_t(crow, col, _weights(values, sigma, seed, multiplicative, dtype), _flat(dy, dtype), n_in)
-    if sign is not None:
-        dx = dx * sign.to(dtype)
+    sign = None if sign is None else sign.to(dtype)
+    dx = csr_fwd_t(crow, col, _weights(values, sigma, seed, multiplicative, dtype), _flat(dy, dtype), n_in, sign)
     return dx.to(dy.dtype).reshape(*dy.shape[:-1], n_in)
 
 

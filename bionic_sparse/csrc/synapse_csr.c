@@ -9,6 +9,9 @@
  *   bionic_csr_fwd_t: dx_fm[col[k], :] += w[k] * dy_fm[r, :]                  (the transpose)
  *   bionic_csr_sddmm: out[k]          = sum_b a_fm[r, b] * x_fm[col[k], b]    (a second a/out
  *                     pair optional: the weight gradient and the Hebbian correlation in one pass)
+ *   bionic_transpose: dst[c, r]       = src[r, c] (* row_scale[r] or * col_scale[c]: at most
+ *                     one): batch-major <-> feature-major in cache tiles, with Dale's sign
+ *                     folded in on the way (one multiply, as a separate pass would do it)
  *
  * None of them needs a transposed index or the COO rows: W is stored as exactly one CSR. The
  * transpose scatters; with several threads each thread scatters into a private buffer (n_in x
@@ -33,6 +36,8 @@
 
 /* rows per scheduling chunk: row lengths vary a lot (degrees from 0 to thousands) */
 #define ROW_CHUNK 64
+/* the side of a transpose tile: a 32 x 32 float tile of source and destination fits L1 */
+#define T_TILE 32
 
 CLONES
 void bionic_csr_fwd(int64_t n_out, int64_t batch, const int64_t *crow, const int32_t *col, const float *w,
@@ -46,6 +51,41 @@ void bionic_csr_fwd(int64_t n_out, int64_t batch, const int64_t *crow, const int
             const float *restrict x = x_fm + (int64_t)col[k] * batch;
 #pragma omp simd
             for (int64_t b = 0; b < batch; ++b) y[b] += wk * x[b];
+        }
+    }
+}
+
+CLONES
+void bionic_transpose(int64_t rows, int64_t cols, const float *src, const float *row_scale, const float *col_scale,
+                      float *dst, int n_threads) {
+    const int64_t col_tiles = (cols + T_TILE - 1) / T_TILE;
+#pragma omp parallel for schedule(static) num_threads(n_threads)
+    for (int64_t ct = 0; ct < col_tiles; ++ct) {
+        const int64_t c0 = ct * T_TILE, nc = c0 + T_TILE < cols ? T_TILE : cols - c0;
+        float tile[T_TILE][T_TILE];
+        for (int64_t r0 = 0; r0 < rows; r0 += T_TILE) {
+            const int64_t nr = r0 + T_TILE < rows ? T_TILE : rows - r0;
+            /* rows of the tile in (contiguous, vector loads), columns out (contiguous stores) */
+            for (int64_t i = 0; i < nr; ++i) {
+                const float *restrict s = src + (r0 + i) * cols + c0;
+                const float rs = row_scale ? row_scale[r0 + i] : 1.0f;
+                if (row_scale) {
+#pragma omp simd
+                    for (int64_t j = 0; j < nc; ++j) tile[i][j] = s[j] * rs;
+                } else {
+#pragma omp simd
+                    for (int64_t j = 0; j < nc; ++j) tile[i][j] = s[j];
+                }
+            }
+            for (int64_t j = 0; j < nc; ++j) {
+                float *restrict d = dst + (c0 + j) * rows + r0;
+                if (col_scale) {
+                    const float cs = col_scale[c0 + j];
+                    for (int64_t i = 0; i < nr; ++i) d[i] = tile[i][j] * cs;
+                } else {
+                    for (int64_t i = 0; i < nr; ++i) d[i] = tile[i][j];
+                }
+            }
         }
     }
 }

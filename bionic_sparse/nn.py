@@ -189,7 +189,7 @@ class SparseConnectomeLinear(_PlasticityMixin, nn.Module):
         bias: learn an additive bias.
         block_size: ``b`` of the ``b x b`` blocks (a power of two >= 16 to run on a GPU); ``1``
             stores the synapses alone as one CSR (element storage, for wiring that fills few
-            blocks, e.g. a volume at neuron resolution; CPU only for now); ``"auto"`` picks
+            blocks, e.g. a volume at neuron resolution; on a GPU the ``csr_linear`` kernels); ``"auto"`` picks
             blocks or element storage from the mask's fill (:func:`~bionic_sparse.storage_plan`;
             :meth:`storage` reports the choice).
         sign: ``[in_features]`` per-presynaptic sign/gain (Dale's law: ``+1`` excitatory,

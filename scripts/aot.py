@@ -24,6 +24,13 @@ from bionic_sparse.triton_kernels.bsr_linear import (
     _bsr_materialize_kernel,
 )
 from bionic_sparse.triton_kernels.bsr_sdd import _bsr_linear_bwd_dw_kernel, _bsr_plasticity_kernel
+from bionic_sparse.triton_kernels.csr_linear import (
+    BK_DEFAULT,
+    _csr_linear_bwd_dw_kernel,
+    _csr_linear_bwd_dx_kernel,
+    _csr_linear_fwd_kernel,
+    _csr_plasticity_kernel,
+)
 
 # Shared memory per block available to a kernel (opt-in maximum), bytes.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -58,6 +65,11 @@ KERNELS = {
     "sdd": _bsr_linear_bwd_dw_kernel,
     "materialize": _bsr_materialize_kernel,
     "plasticity": _bsr_plasticity_kernel,
+    # element storage (block size 1): no tensor-core tiles, gathers and tl.sum
+    "csr_fwd": _csr_linear_fwd_kernel,
+    "csr_dx": _csr_linear_bwd_dx_kernel,
+    "csr_dw": _csr_linear_bwd_dw_kernel,
+    "csr_plasticity": _csr_plasticity_kernel,
 }
 
 
@@ -104,12 +116,15 @@ def _signature(name: str, jit, dtype: str, block_size: int, bm: int, features: b
     for arg in jit.arg_names:
         if arg in flags:
             sig[arg], consts[arg] = "constexpr", flags[arg]
-        elif arg in optional and not flags[optional[arg]]:
+        elif arg in optional and optional[arg] in jit.arg_names and not flags[optional[arg]]:
+            # (an input is optional only where the kernel has its flag: the plasticity kernels need corr)
             sig[arg], consts[arg] = "constexpr", None
         elif arg == "BS":
             sig[arg], consts[arg] = "constexpr", block_size
         elif arg == "BM":
             sig[arg], consts[arg] = "constexpr", bm
+        elif arg == "BK":
+            sig[arg], consts[arg] = "constexpr", BK_DEFAULT
         elif arg == "MULTIPLICATIVE":
             sig[arg], consts[arg] = "constexpr", True
         elif arg == "PRECISION":

@@ -25,6 +25,7 @@ from bionic_sparse.triton_kernels._common import matmul_configs  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 MATMUL_KERNELS = ("fwd", "dx", "sdd")
+CSR_KERNELS = ("csr_fwd", "csr_dx", "csr_dw", "csr_plasticity")
 
 
 def variants(block_sizes: list[int]) -> list[dict]:
@@ -53,6 +54,10 @@ def variants(block_sizes: list[int]) -> list[dict]:
                                 out.append(dict(base, features=True, split=2))
             for kernel in ("materialize", "plasticity"):
                 out.append(dict(name=kernel, cc=cc, dtype="bf16", block_size=b, num_warps=8 if b >= 64 else 4))
+        for dt in ("bf16", "fp32"):  # element storage: one config (BM=64, BK=64, 4 warps)
+            for kernel in CSR_KERNELS:
+                for features in (True, False):
+                    out.append(dict(name=kernel, cc=cc, dtype=dt, block_size=1, bm=64, num_warps=4, features=features))
     return out
 
 

@@ -29,6 +29,6 @@ def test_aot_compile_all_kernels_and_configs(tmp_path):
     bad = [r for r in rows if not r["ok"]]
     assert proc.returncode == 0 and rows and not bad, proc.stdout[-4000:] + proc.stderr[-2000:]
     kernels = {(r["kernel"], r["cc"]) for r in rows}
-    for name in ("fwd", "dx", "sdd", "materialize", "plasticity"):
+    for name in ("fwd", "dx", "sdd", "materialize", "plasticity", "csr_fwd", "csr_dx", "csr_dw", "csr_plasticity"):
         assert {(name, 80), (name, 90)} <= kernels
     assert any(r["uses_wgmma"] for r in rows if r["kernel"] == "fwd" and r["cc"] == 90 and r["dtype"] == "bf16")

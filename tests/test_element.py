@@ -196,28 +196,3 @@ def test_element_layer_state_dict_and_weight_view(tmp_path):
     b.load_state_dict(torch.load(tmp_path / "s.pt"))
     torch.testing.assert_close(a.weight.detach(), b.weight.detach())
     assert torch.equal(a.weight.detach() != 0, mask & (a.weight.detach() != 0))  # nothing off the mask
-
-
-def test_triton_backend_refuses_element_storage():
-    pytest.importorskip("triton")
-    from bionic_sparse.backends import triton as tb
-
-    m, _ = _csr(_mask(8, 8, 0.3, seed=7), torch.float32)
-    with pytest.raises(NotImplementedError, match="element storage"):
-        tb.bsr_linear_dx(
-            dy=torch.randn(2, 8),
-            values=m.values,
-            crow=m.crow,
-            col=m.col,
-            ccol_t=m.ccol_t,
-            row_t=m.row_t,
-            perm_t=m.perm_t,
-            synapse_mask=None,
-            sign=None,
-            n_in=8,
-            sigma=0.0,
-            seed=0,
-            multiplicative=True,
-        )
-    with pytest.raises(NotImplementedError, match="element storage"):
-        tb.bsr_linear_fwd(x=torch.randn(2, 8), values=m.values, crow=m.crow, col=m.col)

@@ -85,8 +85,15 @@ def _fm(a2d: torch.Tensor, k=None, scale: torch.Tensor | None = None) -> torch.T
     src = a2d.contiguous()
     out = torch.empty(a2d.shape[1], a2d.shape[0], dtype=torch.float32)
     sc = None if scale is None else scale.to(torch.float32).contiguous()
-    k.transpose(a2d.shape[0], a2d.shape[1], _ptr(src), None, None if sc is None else _ptr(sc), _ptr(out),
-                torch.get_num_threads())
+    k.transpose(
+        a2d.shape[0],
+        a2d.shape[1],
+        _ptr(src),
+        None,
+        None if sc is None else _ptr(sc),
+        _ptr(out),
+        torch.get_num_threads(),
+    )
     return out
 
 
@@ -95,8 +102,15 @@ def _bm(a_fm: torch.Tensor, k, scale: torch.Tensor | None = None, shape: tuple |
     allocated as ``shape`` (``[..., n]`` with ``batch`` rows in all) so that no view is returned."""
     out = torch.empty(shape or (a_fm.shape[1], a_fm.shape[0]), dtype=torch.float32)
     sc = None if scale is None else scale.to(torch.float32).contiguous()
-    k.transpose(a_fm.shape[0], a_fm.shape[1], _ptr(a_fm), None if sc is None else _ptr(sc), None, _ptr(out),
-                torch.get_num_threads())
+    k.transpose(
+        a_fm.shape[0],
+        a_fm.shape[1],
+        _ptr(a_fm),
+        None if sc is None else _ptr(sc),
+        None,
+        _ptr(out),
+        torch.get_num_threads(),
+    )
     return out
 
 

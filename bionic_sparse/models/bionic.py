@@ -63,7 +63,6 @@ class BioNICConfig(ModelConfigFields):
         check_shared_fields(self)
 
 
-
 def _front_end(cfg: BioNICConfig) -> tuple[nn.Module, int]:
     """VGG-style conv stack (local, weight-shared: retinotopic); returns (module, feature size)."""
     if not cfg.conv_front_end:

@@ -84,13 +84,13 @@ class VolumeConfig(ModelConfigFields):
         check_shared_fields(self)
 
 
-
 def random_edges(n: int, n_edges: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n_edges`` distinct ordered pairs ``(pre, post)`` of ``n`` neurons, uniformly at random,
     no autapses; sorted by (pre, post). Drawn in chunks: memory stays near the result's."""
     if n_edges < 0 or n_edges > n * (n - 1):
-        raise ValueError(f"n_edges: expected 0..{n * (n - 1)} (ordered pairs of {n} neurons "
-                         f"without autapses), got {n_edges}")
+        raise ValueError(
+            f"n_edges: expected 0..{n * (n - 1)} (ordered pairs of {n} neurons without autapses), got {n_edges}"
+        )
     rng = np.random.default_rng(seed)
     keys = np.zeros(0, dtype=np.int64)
     while keys.size < n_edges:

@@ -23,9 +23,7 @@ def model_config_class(model: str) -> type:
 
 # Fields that cannot change a run's result: they may differ between a run and its --resume (the
 # device only between devices of one type; the thread count is not a field at all).
-NON_IDENTITY_FIELDS = (
-    "out", "resume", "overwrite", "allow_code_change", "tensorboard", "device", "checkpoint_minutes"
-)
+NON_IDENTITY_FIELDS = ("out", "resume", "overwrite", "allow_code_change", "tensorboard", "device", "checkpoint_minutes")
 
 
 @dataclass

@@ -659,16 +659,26 @@ class Run:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
             bar.update(1)
             if step + 1 - first == ESTIMATE_STEPS and epoch == self.start_epoch and self.rank == 0:
-                self._print_estimate(time.perf_counter() - t0 - (resumed or {}).get("seconds", 0.0), ESTIMATE_STEPS,
-                                     len(starts))
+                self._print_estimate(
+                    time.perf_counter() - t0 - (resumed or {}).get("seconds", 0.0), ESTIMATE_STEPS, len(starts)
+                )
             if (
                 cfg.checkpoint_minutes > 0
                 and step + 1 < len(starts)
                 and time.perf_counter() - self._last_save >= 60 * cfg.checkpoint_minutes
             ):
-                in_epoch = {"epoch": epoch, "step": step + 1, "generator": g.get_state(), "seen": seen,
-                            "correct": correct, "loss_sum": loss_sum, "lr": lr, "probes": probes,
-                            "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - cpu0}
+                in_epoch = {
+                    "epoch": epoch,
+                    "step": step + 1,
+                    "generator": g.get_state(),
+                    "seen": seen,
+                    "correct": correct,
+                    "loss_sum": loss_sum,
+                    "lr": lr,
+                    "probes": probes,
+                    "seconds": time.perf_counter() - t0,
+                    "cpu_seconds": time.process_time() - cpu0,
+                }
                 if self.rank == 0:
                     self.save_last(epoch - 1, in_epoch)
                 self._last_save = time.perf_counter()

@@ -125,6 +125,37 @@ def test_fused_module_step_on_gpu_matches_cpu(dtype):
         assert rel_err(got, want) < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_element_storage_step_on_gpu_matches_cpu(dtype):
+    """Element storage (the volume's, ``triton_kernels/csr_linear.py``): one training step with
+    Dale signs, noise and plasticity on the GPU and on the CPU's compiled element kernels."""
+    import copy
+
+    torch.manual_seed(7)
+    mask = torch.rand(3000, 2500) < 0.01  # 1 %: blocks would be nearly empty
+    mask[:40] = False
+    sign = torch.where(torch.rand(2500) < 0.8, 1.0, -2.0)
+    ref = bs.SparseConnectomeLinear(2500, 3000, mask=mask, block_size="auto", sign=sign, noise_sigma=0.1)
+    assert ref.storage()["method"] == "element"
+    x, g = torch.randn(256, 2500), torch.randn(256, 3000)
+    results = []
+    for device in ("cuda", "cpu"):
+        layer = copy.deepcopy(ref).to(device).train()
+        layer.record_activity = True
+        xd = x.to(device, dtype if device == "cuda" else torch.float32)
+        xd.requires_grad_()
+        (layer(xd).float() * g.to(device)).sum().backward()
+        dx = xd.grad.float().cpu()
+        with torch.no_grad():
+            layer.values -= 0.01 * layer.values.grad
+        layer.constrain_()
+        layer.plasticity_step(eta=0.01, target_rate=0.3, homeo_rate=0.1)
+        results.append((dx, layer.post_rate.cpu(), layer.values.detach().cpu()))
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    for got, want in zip(*results, strict=True):
+        assert rel_err(got, want) < tol
+
+
 def test_model_trains_on_gpu():
     torch.manual_seed(0)
     layer = bs.SparseConnectomeLinear(

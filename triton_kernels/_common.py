@@ -34,6 +34,18 @@ def check_index(name: str, t: torch.Tensor, n: int | None = None) -> None:
         check(t.numel() == n, f"{name} must have {n} entries, got {t.numel()}")
 
 
+def check_post_stats(post_bias: torch.Tensor | None, post_moments: torch.Tensor | None, n_out: int) -> None:
+    """Check the forward's optional ``post_bias[n_out]`` and ``post_moments`` (fp32 ``[2, n_out]``,
+    zeroed here: the kernels add into it)."""
+    check(post_bias is None or post_bias.shape == (n_out,), f"post_bias must have shape ({n_out},)")
+    if post_moments is not None:
+        check(
+            post_moments.shape == (2, n_out) and post_moments.dtype == torch.float32 and post_moments.is_contiguous(),
+            f"post_moments must be a contiguous float32 [2, {n_out}] tensor",
+        )
+        post_moments.zero_()
+
+
 def check_values(values: torch.Tensor) -> int:
     check(
         values.dim() == 3 and values.shape[1] == values.shape[2],

@@ -18,8 +18,8 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    check,
     check_index,
+    check_post_stats,
     check_values,
     empty,
     flat2d,
@@ -271,13 +271,7 @@ def bsr_linear_fwd(
     R = triton.cdiv(n_out, b)
     check_index("crow", crow, R + 1)
     check_index("col", col, values.shape[0])
-    if post_moments is not None:
-        check(
-            post_moments.shape == (2, n_out) and post_moments.dtype == torch.float32 and post_moments.is_contiguous(),
-            f"post_moments must be a contiguous float32 [2, {n_out}] tensor",
-        )
-        post_moments.zero_()
-    check(post_bias is None or post_bias.shape == (n_out,), f"post_bias must have shape ({n_out},)")
+    check_post_stats(post_bias, post_moments, n_out)
     y = empty((M, n_out), x.dtype, x.device)
     if M == 0 or n_out == 0:
         return y.resize_(*x.shape[:-1], n_out)

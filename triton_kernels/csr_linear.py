@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import ACT_DTYPES, INTERPRET, check, check_index, empty, flat2d, longest_first
+from ._common import ACT_DTYPES, INTERPRET, check, check_index, check_post_stats, empty, flat2d, longest_first
 
 # NOTE: BK synapses per gather: 64 keeps the [BM, BK] fp32 tile in registers at BM = 64 with 4 warps.
 BK_DEFAULT = 64
@@ -347,13 +347,7 @@ def csr_linear_fwd(
     x2d = flat2d(x, "x")
     M = x2d.shape[0]
     check(sign is None or sign.shape == (x2d.shape[1],), f"sign must have shape ({x2d.shape[1]},)")
-    check(post_bias is None or post_bias.shape == (n_out,), f"post_bias must have shape ({n_out},)")
-    if post_moments is not None:
-        check(
-            post_moments.shape == (2, n_out) and post_moments.dtype == torch.float32 and post_moments.is_contiguous(),
-            f"post_moments must be a contiguous float32 [2, {n_out}] tensor",
-        )
-        post_moments.zero_()
+    check_post_stats(post_bias, post_moments, n_out)
     y = empty((M, n_out), x.dtype, x.device)
     if M == 0 or n_out == 0:
         return y.reshape(*x.shape[:-1], n_out)

@@ -131,8 +131,11 @@ class CsrKernels:
         self.fwd_t.argtypes = [i64, i64, i64, p, p, p, p, p, i]
         self.fwd_t.restype = ctypes.c_int
         self.sddmm = lib.bionic_csr_sddmm
-        self.sddmm.argtypes = [i64, i64, p, p, p, p, p, p, p, i]
+        self.sddmm.argtypes = [i64, i64, p, p, p, p, p, p, p, p, p, ctypes.c_float, i]
         self.sddmm.restype = None
+        self.plasticity = lib.bionic_csr_plasticity
+        self.plasticity.argtypes = [i64, p, p, p, p, p, ctypes.c_float, ctypes.c_float, i]
+        self.plasticity.restype = None
         self.transpose = lib.bionic_transpose
         self.transpose.argtypes = [i64, i64, p, p, p, p, i]
         self.transpose.restype = None

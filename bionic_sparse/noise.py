@@ -226,9 +226,11 @@ def synapse_randn(seed: int, offset: torch.Tensor) -> torch.Tensor:
 
 
 # A small LRU memo of recent noise tensors: the forward pass of every layer of a network runs
-# before any backward pass, so one entry per layer is needed for the backward to hit.
+# before any backward pass, so one entry per layer (per call: a recurrent model calls one layer T
+# times with T seeds) is needed for the backward to hit. 1 GiB holds the 3 steps of the whole
+# volume (218 MB each at 54.5 M synapses); with 256 MiB their backward drew 2 of them again.
 _MEMO_ENTRIES = 8
-_MEMO_BYTES = 256 * 2**20
+_MEMO_BYTES = int(os.environ.get("BIONIC_SPARSE_NOISE_MEMO_MB", "1024")) * 2**20
 _recent_noise: OrderedDict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = OrderedDict()
 
 
@@ -256,9 +258,9 @@ def _check_ids(n: int) -> None:
 def synapse_noise(seed: int, nnzb: int, block_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """Noise ``xi[nnzb, b, b]`` (float32) of every entry of every block, by global synapse id.
 
-    Recent results are memoised (up to 8 entries / 256 MiB, least recently used dropped): the
-    forward pass, the input gradient and the weight gradient of one step ask for the same
-    ``(seed, nnzb, b)`` for every layer. It is still a pure function of its arguments: the memo
+    Recent results are memoised (up to 8 entries / 1 GiB, ``BIONIC_SPARSE_NOISE_MEMO_MB``; least
+    recently used dropped): the forward pass, the input gradient and the weight gradient of one
+    step ask for the same ``(seed, nnzb, b)`` for every layer call. It is still a pure function of its arguments: the memo
     only saves recomputing it within a step, as the seed changes every step. Do not modify the
     returned tensor in place. :func:`synapse_noise_at` draws the same numbers at chosen ids only.
     """

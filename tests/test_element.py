@@ -196,3 +196,47 @@ def test_element_layer_state_dict_and_weight_view(tmp_path):
     b.load_state_dict(torch.load(tmp_path / "s.pt"))
     torch.testing.assert_close(a.weight.detach(), b.weight.detach())
     assert torch.equal(a.weight.detach() != 0, mask & (a.weight.detach() != 0))  # nothing off the mask
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sddmm_sign_and_noise_factor_fused(dtype):
+    """The weight-gradient pass multiplies by Dale's sign and the noise derivative in place of two
+    gathers after it; the correlation stays raw."""
+    mask = _mask(23, 31, 0.3, seed=8)
+    m, _ = _csr(mask, dtype)
+    x, dy, post = (torch.randn(7, n, dtype=dtype) for n in (31, 23, 23))
+    sign = torch.where(torch.rand(31) < 0.3, -0.5, 1.0).to(dtype)
+    xi = synapse_noise(11, m.nnzb, 1).reshape(-1)
+    g, h = element.csr_sddmm(m.crow, m.col, dy, x, post, sign, xi, 0.2)
+    rows, cols = mask.nonzero(as_tuple=True)
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    ref = (dy.double().t() @ (x.double() * sign.double()))[rows, cols] * (1 + 0.2 * xi.double())
+    torch.testing.assert_close(g.double(), ref, rtol=tol, atol=tol * 7)
+    torch.testing.assert_close(h.double(), (post.double().t() @ x.double())[rows, cols], rtol=tol, atol=tol * 7)
+
+
+def test_compiled_plasticity_matches_the_rule():
+    from bionic_sparse.plasticity import plasticity_rule
+
+    mask = _mask(40, 35, 0.25, seed=9)
+    m, _ = _csr(mask, torch.float32)
+    values = m.values.abs().contiguous()
+    values.view(-1)[::5] = 0.0  # weights at zero stay there under Dale's law
+    corr = torch.randn(m.nnzb, 1, 1)
+    q, scale = torch.rand(40), 1 + 0.1 * torch.randn(40)
+    rows = mask.nonzero(as_tuple=True)[0]
+    ref = plasticity_rule(
+        values.reshape(-1).double(), corr.reshape(-1).double(), q.double()[rows], scale.double()[rows], 0.3, 1.0
+    )
+    for s in (scale, None):
+        v = values.clone()
+        element.plasticity_(values=v, corr=corr, crow=m.crow, post_sq=q, scale=s, eta=0.3, oja=1.0)
+        want = (
+            ref
+            if s is not None
+            else plasticity_rule(
+                values.reshape(-1).double(), corr.reshape(-1).double(), q.double()[rows], None, 0.3, 1.0
+            )
+        )
+        torch.testing.assert_close(v.reshape(-1).double(), want, rtol=1e-5, atol=1e-6)
+        assert not ((v.reshape(-1) * values.reshape(-1)) < 0).any()

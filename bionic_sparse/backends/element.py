@@ -170,10 +170,18 @@ def csr_fwd_t(
 
 
 def csr_sddmm(
-    crow: torch.Tensor, col: torch.Tensor, a2d: torch.Tensor, x2d: torch.Tensor, a2_2d: torch.Tensor | None = None
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    a2d: torch.Tensor,
+    x2d: torch.Tensor,
+    a2_2d: torch.Tensor | None = None,
+    col_scale: torch.Tensor | None = None,
+    xi: torch.Tensor | None = None,
+    sigma: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(out[nnz], out2[nnz] | None)``: ``a^T x`` (and ``a2^T x``) sampled at the synapses, summed
-    over the batch (not averaged)."""
+    over the batch (not averaged). ``out`` alone is then multiplied by ``col_scale[col]`` (Dale's
+    sign, ``[n_in]``) and by ``1 + sigma xi`` (``xi[nnz]``: multiplicative noise) when given."""
     n_out = crow.numel() - 1
     nnz = col.numel()
     _check(crow, col, torch.empty(nnz, dtype=a2d.dtype), a2d, n_out, "a")
@@ -185,11 +193,21 @@ def csr_sddmm(
         outs = [
             torch.sparse.sampled_addmm(pattern, a.t(), x2d, beta=0.0).values() for a in (a2d, a2_2d) if a is not None
         ]
+        if col_scale is not None:
+            outs[0].mul_(col_scale.to(outs[0].dtype).index_select(0, col.long()))
+        if xi is not None:
+            outs[0].mul_(xi.reshape(-1).to(outs[0].dtype).mul(sigma).add_(1.0))
         return outs[0], (outs[1] if len(outs) > 1 else None)
     crow64, col32 = crow.to(torch.int64).contiguous(), col.to(torch.int32).contiguous()
     a_fm, x_fm = _fm(a2d, k), _fm(x2d, k)
     out = torch.empty(nnz, dtype=torch.float32)
     a2_fm = out2 = None
+    if col_scale is not None:
+        col_scale = col_scale.to(torch.float32).contiguous()
+    if xi is not None:
+        xi = xi.reshape(-1).to(torch.float32).contiguous()
+        if xi.numel() != nnz:
+            raise ValueError(f"xi must have {nnz} entries, got {xi.numel()}")
     if a2_2d is not None:
         a2_fm, out2 = _fm(a2_2d, k), torch.empty(nnz, dtype=torch.float32)
     k.sddmm(
@@ -202,6 +220,9 @@ def csr_sddmm(
         _ptr(out),
         None if a2_fm is None else _ptr(a2_fm),
         None if out2 is None else _ptr(out2),
+        None if col_scale is None else _ptr(col_scale),
+        None if xi is None else _ptr(xi),
+        float(sigma),
         torch.get_num_threads(),
     )
     return out, out2
@@ -277,20 +298,27 @@ def linear_dw(*, dy, x, crow, col, out_dtype, sign, sigma, seed, multiplicative,
             h, _ = csr_sddmm(crow, col, a2, x2d)
             corr.view(-1).copy_(h.div_(max(batch, 1)))
         return None
-    g, h = csr_sddmm(crow, col, _flat(dy, dtype), x2d, a2)
+    # dW = dy^T (x * sign) * (1 + sigma xi): the sign is one per input column, the factor is
+    # d noisy(W) / dW; both applied inside the product pass
+    xi = synapse_noise(seed, col.numel(), 1, device=x2d.device) if sigma != 0.0 and multiplicative else None
+    g, h = csr_sddmm(crow, col, _flat(dy, dtype), x2d, a2, sign, xi, sigma)
     if h is not None:
         corr.view(-1).copy_(h.div_(max(batch, 1)))
-    if sign is not None:  # dW = dy^T (x * sign): the sign is one per input column
-        g.mul_(sign.to(dtype).index_select(0, col))
-    if sigma != 0.0 and multiplicative:
-        xi = synapse_noise(seed, col.numel(), 1, device=g.device).reshape(-1).to(dtype)
-        g.mul_(xi.mul(sigma).add_(1.0))  # d noisy(W) / dW = 1 + sigma xi
     return g.to(out_dtype).view(-1, 1, 1)
 
 
 def plasticity_(*, values, corr, crow, post_sq, scale, eta, oja):
     """The plasticity rule at every synapse, in place (the postsynaptic row of each synapse is
     derived from ``crow`` for the step: element storage keeps no COO rows)."""
+    k = _kernels(values.dtype) if values.device.type == "cpu" and corr.dtype == torch.float32 else None
+    if k is not None and values.is_contiguous() and corr.is_contiguous():
+        # one pass over the synapses, row by row: no per-synapse row ids, no gathered q and s
+        crow64 = crow.to(torch.int64).contiguous()
+        q = post_sq.to(torch.float32).contiguous()
+        s = None if scale is None else scale.to(torch.float32).contiguous()
+        ptrs = (_ptr(crow64), _ptr(values), _ptr(corr), _ptr(q), None if s is None else _ptr(s))
+        k.plasticity(crow64.numel() - 1, *ptrs, float(eta), float(oja), torch.get_num_threads())
+        return
     counts = (crow[1:] - crow[:-1]).long()
     row = torch.repeat_interleave(torch.arange(counts.numel(), device=crow.device), counts, output_size=values.shape[0])
     new = plasticity.plasticity_rule(

@@ -8,7 +8,11 @@
  *   bionic_csr_fwd:   y_fm[r, :]      = sum_k w[k] * x_fm[col[k], :]          (k in row r)
  *   bionic_csr_fwd_t: dx_fm[col[k], :] += w[k] * dy_fm[r, :]                  (the transpose)
  *   bionic_csr_sddmm: out[k]          = sum_b a_fm[r, b] * x_fm[col[k], b]    (a second a/out
- *                     pair optional: the weight gradient and the Hebbian correlation in one pass)
+ *                     pair optional: the weight gradient and the Hebbian correlation in one pass;
+ *                     out optionally times col_scale[col[k]] (Dale's sign) and 1 + sigma xi[k]
+ *                     (the derivative of multiplicative noise), out2 never)
+ *   bionic_csr_plasticity: w[k] <- (w + eta (corr - oja q[r] w)) s[r], zero where the sign would
+ *                     flip (bionic_sparse.plasticity.plasticity_rule, row r of synapse k from crow)
  *   bionic_transpose: dst[c, r]       = src[r, c] (* row_scale[r] or * col_scale[c]: at most
  *                     one): batch-major <-> feature-major in cache tiles, with Dale's sign
  *                     folded in on the way (one multiply, as a separate pass would do it)
@@ -172,15 +176,34 @@ static inline float dot_lanes(const float *restrict a, const float *restrict x, 
 
 CLONES
 void bionic_csr_sddmm(int64_t n_out, int64_t batch, const int64_t *crow, const int32_t *col, const float *a_fm,
-                      const float *x_fm, float *out, const float *a2_fm, float *out2, int n_threads) {
+                      const float *x_fm, float *out, const float *a2_fm, float *out2, const float *col_scale,
+                      const float *xi, float sigma, int n_threads) {
 #pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(n_threads)
     for (int64_t r = 0; r < n_out; ++r) {
         const float *restrict a = a_fm + r * batch;
         const float *restrict a2 = a2_fm ? a2_fm + r * batch : 0;
         for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
             const float *restrict x = x_fm + (int64_t)col[k] * batch;
-            out[k] = dot_lanes(a, x, batch);
+            float g = dot_lanes(a, x, batch);
+            if (col_scale) g *= col_scale[col[k]];
+            if (xi) g *= 1.0f + sigma * xi[k];
+            out[k] = g;
             if (a2) out2[k] = dot_lanes(a2, x, batch);
+        }
+    }
+}
+
+CLONES
+void bionic_csr_plasticity(int64_t n_out, const int64_t *crow, float *w, const float *corr, const float *post_sq,
+                           const float *scale, float eta, float oja, int n_threads) {
+#pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(n_threads)
+    for (int64_t r = 0; r < n_out; ++r) {
+        const float decay = oja * post_sq[r], s = scale ? scale[r] : 1.0f;
+#pragma omp simd
+        for (int64_t k = crow[r]; k < crow[r + 1]; ++k) {
+            const float wk = w[k];
+            float nw = (wk + eta * (corr[k] - decay * wk)) * s;
+            w[k] = nw * wk < 0.0f ? 0.0f : nw; /* a weight stops at zero instead of changing sign */
         }
     }
 }

@@ -94,3 +94,16 @@ def test_the_native_build_goes_to_the_cache_once(monkeypatch, fresh_native, tmp_
     assert len(built) == 1
     _native.reset()
     assert _native.philox_uniforms() is not None and list((tmp_path / "cache").glob("philox-*.so")) == built
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunked_full_draw_equals_the_draw_by_ids(monkeypatch, threads):
+    """``synapse_noise`` draws a contiguous range chunk by chunk (ids, uniforms and Box-Muller in
+    cache): the same bits as the draw over ``arange(n)``, with a last chunk that is not full."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    n = 3 * noise._NATIVE_CHUNK + 37
+    noise._recent_noise.clear()
+    full = noise.synapse_noise(2**33 + 5, n, 1).reshape(-1)
+    by_ids = noise.synapse_randn(2**33 + 5, torch.arange(n))
+    assert torch.equal(full.view(torch.int32), by_ids.view(torch.int32))
+    noise._recent_noise.clear()

@@ -36,25 +36,31 @@ def kernels_for(block_size: int) -> str:
     )
 
 
+def _element(block_size: int) -> bool:
+    """True for the ``csr_linear`` kernels (block size 1); a size with no kernels raises (:func:`kernels_for`)."""
+    kernels_for(block_size)
+    return block_size == 1
+
+
 def bsr_linear_fwd(*, x, values, crow, col, **kwargs):
-    if kernels_for(values.shape[-1]).startswith("triton csr"):
+    if _element(values.shape[-1]):
         return _csr.csr_linear_fwd(x=x, values=values, crow=crow, col=col, **kwargs)
     return _linear.bsr_linear_fwd(x=x, values=values, crow=crow, col=col, **kwargs)
 
 
 def bsr_linear_dx(*, dy, values, crow, col, ccol_t, row_t, perm_t, **kwargs):
-    if kernels_for(values.shape[-1]).startswith("triton csr"):
+    if _element(values.shape[-1]):
         return _csr.csr_linear_dx(dy=dy, values=values, crow=crow, col=col, **kwargs)
     return _linear.bsr_linear_dx(dy=dy, values=values, ccol_t=ccol_t, row_t=row_t, perm_t=perm_t, **kwargs)
 
 
 def bsr_linear_dw(*, crow, row, block_size, **kwargs):
-    if kernels_for(block_size).startswith("triton csr"):
+    if _element(block_size):
         return _csr.csr_linear_dw(crow=crow, **kwargs)
     return _sdd.bsr_linear_dw(row=row, block_size=block_size, **kwargs)
 
 
 def bsr_plasticity_(*, values: torch.Tensor, crow, row, **kwargs):
-    if kernels_for(values.shape[-1]).startswith("triton csr"):
+    if _element(values.shape[-1]):
         return _csr.csr_plasticity_(values=values, crow=crow, **kwargs)
     return _sdd.bsr_plasticity_(values=values, row=row, **kwargs)
